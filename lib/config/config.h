@@ -1,0 +1,71 @@
+// smtpd's configuration: embedded defaults, then a YAML file, then SMTPD_*
+// environment variables, then --set KEY=VALUE overrides, validated into a
+// typed Config. Every error names the key and the problem in one line.
+//
+// Keys are dotted paths ("policy.max_recipients"); list entries that have a
+// name are addressed by it ("listeners.mx.address"). Lists of scalars take
+// comma-separated values in --set and the environment. The environment name
+// of a key is SMTPD_ + the path in upper case with "_" for "." (and for "-").
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "lib/policy/policy.h"
+
+namespace smtpd::config {
+
+enum class ListenerMode { kSmtp, kSubmission, kSmtps };
+
+struct Listener {
+  std::string name;
+  std::string address;  // "host:port", "[v6]:port"; port 0 picks a free port
+  ListenerMode mode = ListenerMode::kSmtp;
+};
+
+struct Config {
+  std::string hostname;
+  int threads = 0;  // 0: one per core
+  std::chrono::milliseconds drain_timeout{30000};
+  std::vector<Listener> listeners;
+  std::string tls_cert_file, tls_key_file;
+  std::string spool_path;
+  uint64_t spool_max_messages = 100000;
+  std::string control_address;
+  std::string metrics_address;
+  std::string auth_users_file;
+  bool auth_allow_plaintext = false;
+  policy::PolicySnapshot policy;
+  std::map<std::string, std::string> routes;
+  uint64_t max_connections = 10000;
+  uint64_t max_connections_per_client = 100;
+  int max_errors = 20;
+  std::chrono::milliseconds command_timeout{300000};  // RFC 5321 4.5.3.2.7
+  std::chrono::milliseconds data_timeout{300000};
+  std::chrono::milliseconds tls_handshake_timeout{60000};
+  std::string log_level = "info";
+};
+
+struct Sources {
+  std::string file;                         // empty: no file
+  std::vector<std::string> overrides;       // "key=value" from --set
+  std::map<std::string, std::string> env;   // SMTPD_* variables
+};
+
+// The merged configuration tree as YAML text (for --print-config) and the
+// validated Config.
+struct Loaded {
+  Config config;
+  std::string effective_yaml;
+};
+
+absl::StatusOr<Loaded> load(const Sources& sources);
+
+// Parses "host:port" or "[v6addr]:port".
+absl::Status split_host_port(const std::string& address, std::string& host, uint16_t& port);
+
+}  // namespace smtpd::config

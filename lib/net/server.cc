@@ -1,0 +1,659 @@
+#include "lib/net/server.h"
+
+#include <openssl/ssl.h>
+
+#include <atomic>
+#include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
+#include <map>
+#include <optional>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+#include "lib/message/received.h"
+#include "lib/net/auth.h"
+#include "lib/net/tls.h"
+#include "lib/observe/log.h"
+#include "lib/policy/policy.h"
+#include "lib/queue/spool.h"
+#include "lib/smtp/server_session.h"
+
+namespace smtpd::net {
+namespace {
+
+namespace asio = boost::asio;
+namespace ssl = boost::asio::ssl;
+using tcp = asio::ip::tcp;
+using asio::awaitable;
+using asio::use_awaitable;
+using boost::system::error_code;
+using observe::Level;
+using observe::LogLine;
+using Clock = std::chrono::steady_clock;
+
+constexpr auto kFinalWriteGrace = std::chrono::seconds(10);
+
+// Awaitable wrapper of Spool::commit: the flusher thread's callback is
+// posted back to the session's strand.
+template <typename Token>
+auto async_commit(queue::Spool& spool, std::unique_ptr<queue::SpoolWriter> writer,
+                  queue::MessageRecord record, Token&& token) {
+  auto initiation = [&spool](auto handler, std::unique_ptr<queue::SpoolWriter> w,
+                             queue::MessageRecord rec) {
+    auto work = asio::make_work_guard(asio::get_associated_executor(handler));
+    spool.commit(std::move(w), std::move(rec),
+                 [h = std::move(handler), work = std::move(work)](absl::StatusOr<std::string> r) mutable {
+                   auto ex = work.get_executor();
+                   asio::post(ex, [h = std::move(h), r = std::move(r)]() mutable {
+                     std::move(h)(std::move(r));
+                   });
+                 });
+  };
+  return asio::async_initiate<Token, void(absl::StatusOr<std::string>)>(
+      std::move(initiation), token, std::move(writer), std::move(record));
+}
+
+const char* mode_name(config::ListenerMode m) {
+  switch (m) {
+    case config::ListenerMode::kSmtp: return "smtp";
+    case config::ListenerMode::kSubmission: return "submission";
+    case config::ListenerMode::kSmtps: return "smtps";
+  }
+  return "smtp";
+}
+
+struct ListenerState {
+  config::Listener config;
+  std::optional<tcp::acceptor> acceptor;
+};
+
+}  // namespace
+
+class Connection;
+
+struct Server::Impl {
+  explicit Impl(ServerDeps d)
+      : deps(d), threads(d.config->threads > 0 ? d.config->threads
+                                                : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))),
+        ioc(threads), accept_strand(asio::make_strand(ioc)), blocking(2) {}
+
+  ServerDeps deps;
+  int threads;
+  asio::io_context ioc;
+  asio::strand<asio::io_context::executor_type> accept_strand;
+  asio::thread_pool blocking;  // password hashing
+  std::unique_ptr<ssl::context> tls;
+  std::vector<std::unique_ptr<ListenerState>> listeners;
+  AuthThrottle throttle;
+  std::atomic<bool> draining{false};
+  std::atomic<uint64_t> next_conn_id{1};
+
+  absl::Mutex mu;
+  uint64_t open_connections ABSL_GUARDED_BY(mu) = 0;
+  std::map<std::string, uint64_t> per_client ABSL_GUARDED_BY(mu);
+  std::map<uint64_t, std::weak_ptr<Connection>> connections ABSL_GUARDED_BY(mu);
+
+  awaitable<void> accept_loop(ListenerState& l);
+  void start_connection(tcp::socket socket, const ListenerState& l);
+  void begin_drain(int signal);
+  void force_close_all();
+  void wait_for_idle();
+  smtp::SessionSettings settings_for(const config::Listener& l) const;
+  void release(uint64_t id, const std::string& client);
+};
+
+// One SMTP connection: owns the socket (and TLS stream), the protocol
+// machine and the message being stored. Runs on its own strand.
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(Server::Impl& server, tcp::socket socket, const config::Listener& listener,
+             std::string client, uint64_t id)
+      : server_(server), socket_(std::move(socket)), timer_(socket_.get_executor()),
+        listener_(listener), client_(std::move(client)), id_(id) {}
+
+  awaitable<void> run();
+  void drain();
+  void force_close() {
+    error_code ignored;
+    socket_.close(ignored);
+  }
+  uint64_t id() const { return id_; }
+  const std::string& client() const { return client_; }
+  tcp::socket::executor_type socket_executor() { return socket_.get_executor(); }
+
+ private:
+  awaitable<bool> read_input();
+  awaitable<bool> flush();
+  awaitable<bool> start_tls();
+  void on_mail();
+  void on_rcpt();
+  void on_data_begin();
+  awaitable<void> on_data_end();
+  void on_data_abort();
+  awaitable<void> on_auth();
+  void log_transaction(const smtp::Reply& reply, const std::string& queue_id, bool accepted);
+
+  void set_deadline(std::chrono::milliseconds d) { deadline_ = Clock::now() + d; }
+  void arm_watchdog();
+
+  Server::Impl& server_;
+  tcp::socket socket_;
+  std::unique_ptr<ssl::stream<tcp::socket&>> tls_;
+  std::vector<char> tls_buffer_;
+  asio::steady_timer timer_;
+  Clock::time_point deadline_ = Clock::now();
+  bool closed_ = false;
+  bool timed_out_ = false;
+  bool draining_ = false;
+  bool waiting_for_command_ = false;
+  config::Listener listener_;
+  std::string client_;
+  uint64_t id_;
+  std::optional<smtp::ServerSession> machine_;
+  std::unique_ptr<queue::SpoolWriter> writer_;
+  int64_t message_started_us_ = 0;
+  uint64_t message_size_ = 0;
+  std::string tls_version_, tls_cipher_;
+  int tls_bits_ = 0;
+  uint64_t transactions_ = 0;
+  uint64_t bytes_in_ = 0;
+};
+
+void Connection::arm_watchdog() {
+  timer_.expires_at(deadline_);
+  timer_.async_wait([self = shared_from_this()](error_code ec) {
+    if (self->closed_ || ec == asio::error::operation_aborted) return;
+    if (Clock::now() >= self->deadline_) {
+      // RFC 5321 4.5.3.2: the peer took too long. Cancel the pending I/O;
+      // the session loop answers 421 and closes within a short grace.
+      self->timed_out_ = true;
+      error_code ignored;
+      self->socket_.cancel(ignored);
+      self->deadline_ = Clock::now() + kFinalWriteGrace;
+    }
+    self->arm_watchdog();
+  });
+}
+
+void Connection::drain() {
+  draining_ = true;
+  if (waiting_for_command_) {
+    error_code ignored;
+    socket_.cancel(ignored);
+  }
+}
+
+awaitable<bool> Connection::read_input() {
+  const config::Config& cfg = *server_.deps.config;
+  const bool data = machine_->timeout_kind() == smtp::TimeoutKind::kData;
+  set_deadline(data ? cfg.data_timeout : cfg.command_timeout);
+  waiting_for_command_ = !data && !machine_->in_transaction();
+  if (draining_ && waiting_for_command_) co_return false;
+  size_t n = 0;
+  error_code ec;
+  if (tls_) {
+    std::tie(ec, n) = co_await tls_->async_read_some(asio::buffer(tls_buffer_), asio::as_tuple(use_awaitable));
+    if (!ec) machine_->feed(std::string_view(tls_buffer_.data(), n));
+  } else {
+    // Wait for readability, then read into a per-thread buffer: an idle
+    // connection holds no read buffer at all.
+    while (true) {
+      std::tie(ec) = co_await socket_.async_wait(tcp::socket::wait_read, asio::as_tuple(use_awaitable));
+      if (ec) break;
+      thread_local char buffer[65536];
+      n = socket_.read_some(asio::buffer(buffer), ec);
+      if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
+      if (!ec) machine_->feed(std::string_view(buffer, n));
+      break;
+    }
+  }
+  waiting_for_command_ = false;
+  bytes_in_ += n;
+  co_return !ec;
+}
+
+awaitable<bool> Connection::flush() {
+  std::string& out = machine_->output();
+  if (out.empty()) co_return true;
+  set_deadline(server_.deps.config->command_timeout);
+  error_code ec;
+  if (tls_) {
+    std::tie(ec, std::ignore) = co_await asio::async_write(*tls_, asio::buffer(out), asio::as_tuple(use_awaitable));
+  } else {
+    std::tie(ec, std::ignore) = co_await asio::async_write(socket_, asio::buffer(out), asio::as_tuple(use_awaitable));
+  }
+  out.clear();
+  if (out.capacity() > 4096) out.shrink_to_fit();
+  co_return !ec;
+}
+
+awaitable<bool> Connection::start_tls() {
+  tls_ = std::make_unique<ssl::stream<tcp::socket&>>(socket_, *server_.tls);
+  set_deadline(server_.deps.config->tls_handshake_timeout);
+  auto [ec] = co_await tls_->async_handshake(ssl::stream_base::server, asio::as_tuple(use_awaitable));
+  if (ec) {
+    LogLine(Level::kInfo, "tls_failed").add("conn", id_).add("client", client_).add("error", ec.message()).emit();
+    co_return false;
+  }
+  SSL* ssl = tls_->native_handle();
+  tls_version_ = SSL_get_version(ssl);
+  tls_cipher_ = SSL_get_cipher_name(ssl);
+  tls_bits_ = SSL_get_cipher_bits(ssl, nullptr);
+  tls_buffer_.resize(16384);
+  co_return true;
+}
+
+void Connection::on_mail() {
+  if (!server_.deps.spool->accepting()) {
+    // DESIGN.md backpressure: a full queue refuses new mail for now.
+    machine_->decide(smtp::Reply(452, "4.3.1", "Insufficient system storage"));
+    return;
+  }
+  machine_->decide(std::nullopt);
+}
+
+void Connection::on_rcpt() {
+  const smtp::Recipient& r = machine_->pending_recipient();
+  const auto snapshot = server_.deps.policy->current();
+  const policy::RelayDecision d = snapshot->decide_recipient(
+      r.path.mailbox.domain_lower(), r.path.postmaster, machine_->authenticated(), client_);
+  if (d == policy::RelayDecision::kDenied) {
+    LogLine(Level::kInfo, "rcpt_rejected").add("conn", id_).add("client", client_)
+        .add("from", machine_->envelope().sender.str()).add("to", r.path.str()).add("reason", "relay denied").emit();
+    machine_->decide(smtp::Reply(554, "5.7.1", "<" + r.path.str() + ">: Relay access denied"));
+    return;
+  }
+  machine_->decide(std::nullopt);
+}
+
+void Connection::on_data_begin() {
+  auto writer = server_.deps.spool->begin_message();
+  if (!writer.ok()) {
+    LogLine(Level::kWarn, "spool_refused").add("conn", id_).add("error", writer.status().ToString()).emit();
+    machine_->decide(smtp::Reply(452, "4.3.1", "Insufficient system storage"));
+    return;
+  }
+  writer_ = *std::move(writer);
+  const auto now = std::chrono::system_clock::now();
+  message_started_us_ = std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count();
+  const smtp::Envelope& env = machine_->envelope();
+  message::ReceivedInfo info;
+  info.helo = machine_->helo_name();
+  info.client_address = client_;
+  info.by_host = server_.deps.config->hostname;
+  info.queue_id = writer_->id();
+  info.esmtp = machine_->esmtp();
+  info.tls = machine_->in_tls();
+  info.tls_version = tls_version_;
+  info.tls_cipher = tls_cipher_;
+  info.tls_bits = tls_bits_;
+  info.auth_user = machine_->auth_user();
+  info.smtputf8 = env.smtputf8;
+  if (env.recipients.size() == 1) info.single_recipient = env.recipients[0].path.str();
+  info.unix_seconds = message_started_us_ / 1000000;
+  (void)writer_->append(message::received_header(info));  // errors resurface at commit
+  machine_->decide(std::nullopt);
+}
+
+awaitable<void> Connection::on_data_end() {
+  queue::MessageRecord rec;
+  rec.arrival_unix_us = message_started_us_;
+  rec.envelope = machine_->envelope();
+  rec.client_address = client_;
+  rec.helo = machine_->helo_name();
+  rec.auth_user = machine_->auth_user();
+  rec.protocol = message::with_protocol(machine_->esmtp(), machine_->in_tls(), machine_->authenticated(),
+                                        rec.envelope.smtputf8);
+  rec.source = listener_.name;
+  const std::string id = writer_->id();
+  message_size_ = writer_->size();
+  auto result = co_await async_commit(*server_.deps.spool, std::move(writer_), std::move(rec), use_awaitable);
+  smtp::Reply reply;
+  if (result.ok()) {
+    reply = smtp::Reply(250, "2.0.0", "Ok: queued as " + *result);
+  } else {
+    // DESIGN.md: disk full or spool error is 452 4.3.1, never a 250.
+    LogLine(Level::kError, "spool_commit_failed").add("conn", id_).add("queue_id", id)
+        .add("error", result.status().ToString()).emit();
+    reply = smtp::Reply(452, "4.3.1", "Insufficient system storage");
+  }
+  ++transactions_;
+  log_transaction(reply, id, result.ok());
+  machine_->decide(reply);
+}
+
+void Connection::on_data_abort() {
+  const std::string id = writer_ ? writer_->id() : std::string();
+  writer_.reset();
+  ++transactions_;
+  log_transaction(machine_->closed() ? smtp::Reply(421, "4.4.0", "session ended") : machine_->last_reply(), id,
+                  false);
+}
+
+void Connection::log_transaction(const smtp::Reply& reply, const std::string& queue_id, bool accepted) {
+  const smtp::Envelope& env = machine_->envelope();
+  std::vector<std::string> rcpts;
+  for (const auto& r : env.recipients) rcpts.push_back(r.path.str());
+  LogLine(Level::kInfo, "transaction")
+      .add("conn", id_)
+      .add("queue_id", queue_id)
+      .add("listener", listener_.name)
+      .add("client", client_)
+      .add("helo", machine_->helo_name())
+      .add("tls", tls_version_)
+      .add("auth_user", machine_->auth_user())
+      .add("from", env.sender.str())
+      .add("to", rcpts)
+      .add("size", writer_ ? writer_->size() : message_size_)
+      .add("result", accepted ? "accepted" : "rejected")
+      .add("reply", reply.summary())
+      .emit();
+}
+
+awaitable<void> Connection::on_auth() {
+  const smtp::AuthRequest& req = machine_->auth_request();
+  const UserDatabase* users = server_.deps.users;
+  bool ok = false;
+  if (users != nullptr && !users->empty() && (req.authzid.empty() || req.authzid == req.username)) {
+    // Argon2 takes tens of milliseconds: verify on the blocking pool.
+    auto verify = [users, user = req.username, password = req.password]() -> awaitable<bool> {
+      co_return users->verify(user, password);
+    };
+    ok = co_await asio::co_spawn(server_.blocking, std::move(verify), use_awaitable);
+  }
+  LogLine(Level::kInfo, ok ? "auth_success" : "auth_failure")
+      .add("conn", id_).add("client", client_).add("mechanism", req.mechanism).add("user", req.username).emit();
+  if (ok) {
+    server_.throttle.success(client_);
+  } else {
+    const auto delay = server_.throttle.failure(client_);
+    if (delay.count() > 0) {
+      asio::steady_timer t(socket_.get_executor(), delay);
+      co_await t.async_wait(asio::as_tuple(use_awaitable));
+    }
+  }
+  machine_->auth_result(ok);
+}
+
+awaitable<void> Connection::run() {
+  auto self = shared_from_this();
+  error_code ignored;
+  socket_.non_blocking(true, ignored);
+  socket_.set_option(tcp::no_delay(true), ignored);
+  machine_.emplace(server_.settings_for(listener_));
+  LogLine(Level::kInfo, "connect").add("conn", id_).add("listener", listener_.name).add("client", client_).emit();
+  set_deadline(server_.deps.config->command_timeout);
+  arm_watchdog();
+  bool running = true;
+  if (listener_.mode == config::ListenerMode::kSmtps) running = co_await start_tls();
+  while (running) {
+    switch (machine_->next()) {
+      case smtp::EventKind::kNeedInput:
+        if (!co_await flush()) {
+          running = false;
+        } else if (!co_await read_input()) {
+          if (timed_out_) {
+            timed_out_ = false;
+            machine_->timeout();
+          } else if (draining_ && socket_.is_open()) {
+            machine_->shutdown();
+          } else {
+            running = false;  // the client went away
+          }
+        }
+        break;
+      case smtp::EventKind::kFlush:
+        running = co_await flush();
+        break;
+      case smtp::EventKind::kMail:
+        on_mail();
+        break;
+      case smtp::EventKind::kRcpt:
+        on_rcpt();
+        break;
+      case smtp::EventKind::kDataBegin:
+        on_data_begin();
+        break;
+      case smtp::EventKind::kDataChunk:
+        if (writer_) (void)writer_->append(machine_->data_chunk());
+        break;
+      case smtp::EventKind::kDataEnd:
+        co_await on_data_end();
+        break;
+      case smtp::EventKind::kDataAbort:
+        on_data_abort();
+        break;
+      case smtp::EventKind::kAuth:
+        co_await on_auth();
+        break;
+      case smtp::EventKind::kStartTls:
+        running = (co_await flush()) && (co_await start_tls());
+        if (running) machine_->tls_started();
+        break;
+      case smtp::EventKind::kClose:
+        co_await flush();
+        running = false;
+        break;
+    }
+  }
+  if (writer_) on_data_abort();  // the client vanished mid-message: nothing acknowledged
+  closed_ = true;
+  timer_.cancel();
+  socket_.shutdown(tcp::socket::shutdown_both, ignored);
+  socket_.close(ignored);
+  LogLine(Level::kInfo, "disconnect").add("conn", id_).add("client", client_)
+      .add("transactions", transactions_).add("bytes_in", bytes_in_).emit();
+}
+
+smtp::SessionSettings Server::Impl::settings_for(const config::Listener& l) const {
+  const config::Config& c = *deps.config;
+  const auto snapshot = deps.policy->current();
+  smtp::SessionSettings s;
+  s.hostname = c.hostname;
+  s.max_message_size = snapshot->max_message_size;
+  s.max_recipients = snapshot->max_recipients;
+  s.max_errors = c.max_errors;
+  s.tls_available = true;
+  s.auth_available = deps.users != nullptr && !deps.users->empty();
+  s.auth_without_tls = c.auth_allow_plaintext;
+  switch (l.mode) {
+    case config::ListenerMode::kSmtp:
+      break;
+    case config::ListenerMode::kSubmission:  // RFC 6409 4.3, RFC 3207
+      s.require_auth = true;
+      s.require_tls = !c.auth_allow_plaintext;
+      break;
+    case config::ListenerMode::kSmtps:  // RFC 8314 3.3
+      s.implicit_tls = true;
+      s.require_auth = true;
+      break;
+  }
+  return s;
+}
+
+void Server::Impl::release(uint64_t id, const std::string& client) {
+  absl::MutexLock lock(&mu);
+  connections.erase(id);
+  --open_connections;
+  auto it = per_client.find(client);
+  if (it != per_client.end() && --it->second == 0) per_client.erase(it);
+}
+
+void Server::Impl::start_connection(tcp::socket socket, const ListenerState& l) {
+  error_code ec;
+  const auto remote = socket.remote_endpoint(ec);
+  if (ec) return;
+  auto addr = remote.address();
+  if (addr.is_v6() && addr.to_v6().is_v4_mapped()) addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+  const std::string client = addr.to_string();
+  const uint64_t id = next_conn_id.fetch_add(1);
+  const config::Config& c = *deps.config;
+  std::string refused;
+  {
+    absl::MutexLock lock(&mu);
+    if (open_connections >= c.max_connections) {
+      refused = "global connection limit";
+    } else if (per_client[client] >= c.max_connections_per_client) {
+      refused = "per-client connection limit";
+    } else {
+      ++open_connections;
+      ++per_client[client];
+    }
+    if (!refused.empty() && per_client[client] == 0) per_client.erase(client);
+  }
+  if (!refused.empty()) {
+    LogLine(Level::kWarn, "connection_refused").add("client", client).add("listener", l.config.name)
+        .add("reason", refused).emit();
+    // RFC 5321 3.1 allows a 421 in place of the greeting. A short blocking
+    // write on a fresh socket: the kernel buffer always takes it.
+    const std::string msg = "421 4.7.0 " + c.hostname + " Error: too many connections\r\n";
+    socket.write_some(asio::buffer(msg), ec);
+    socket.close(ec);
+    return;
+  }
+  auto conn = std::make_shared<Connection>(*this, std::move(socket), l.config, client, id);
+  {
+    absl::MutexLock lock(&mu);
+    connections[id] = conn;
+  }
+  auto ex = conn->socket_executor();
+  asio::co_spawn(ex, conn->run(), [this, id, client](std::exception_ptr e) {
+    if (e) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        LogLine(Level::kError, "session_exception").add("conn", id).add("error", ex.what()).emit();
+      }
+    }
+    release(id, client);
+  });
+}
+
+awaitable<void> Server::Impl::accept_loop(ListenerState& l) {
+  while (!draining.load()) {
+    auto strand = asio::make_strand(ioc);
+    auto [ec, socket] = co_await l.acceptor->async_accept(strand, asio::as_tuple(use_awaitable));
+    if (ec) {
+      if (ec == asio::error::operation_aborted || draining.load()) break;
+      LogLine(Level::kWarn, "accept_failed").add("listener", l.config.name).add("error", ec.message()).emit();
+      asio::steady_timer t(accept_strand, std::chrono::milliseconds(100));  // e.g. EMFILE
+      co_await t.async_wait(asio::as_tuple(use_awaitable));
+      continue;
+    }
+    start_connection(std::move(socket), l);
+  }
+}
+
+void Server::Impl::begin_drain(int signal) {
+  if (draining.exchange(true)) return;
+  LogLine(Level::kInfo, "draining").add("signal", signal).add("timeout_ms",
+      static_cast<int64_t>(deps.config->drain_timeout.count())).emit();
+  for (auto& l : listeners) {
+    error_code ignored;
+    l->acceptor->close(ignored);
+  }
+  std::vector<std::shared_ptr<Connection>> all;
+  {
+    absl::MutexLock lock(&mu);
+    for (auto& [id, weak] : connections) {
+      if (auto c = weak.lock()) all.push_back(std::move(c));
+    }
+  }
+  for (auto& c : all) asio::post(c->socket_executor(), [c] { c->drain(); });
+  const auto deadline = Clock::now() + deps.config->drain_timeout;
+  asio::co_spawn(accept_strand, [this, deadline]() -> awaitable<void> {
+    asio::steady_timer t(accept_strand);
+    bool forced = false;
+    while (true) {
+      {
+        absl::MutexLock lock(&mu);
+        if (open_connections == 0) break;
+      }
+      if (!forced && Clock::now() >= deadline) {
+        forced = true;
+        force_close_all();
+      }
+      t.expires_after(std::chrono::milliseconds(20));
+      co_await t.async_wait(asio::as_tuple(use_awaitable));
+    }
+    LogLine(Level::kInfo, "drained").emit();
+    ioc.stop();
+  }, asio::detached);
+}
+
+void Server::Impl::force_close_all() {
+  std::vector<std::shared_ptr<Connection>> all;
+  {
+    absl::MutexLock lock(&mu);
+    for (auto& [id, weak] : connections) {
+      if (auto c = weak.lock()) all.push_back(std::move(c));
+    }
+  }
+  LogLine(Level::kWarn, "drain_timeout").add("closing", static_cast<uint64_t>(all.size())).emit();
+  for (auto& c : all) asio::post(c->socket_executor(), [c] { c->force_close(); });
+}
+
+Server::Server(ServerDeps deps) : impl_(std::make_unique<Impl>(deps)) {}
+
+Server::~Server() {
+  impl_->blocking.join();
+}
+
+absl::Status Server::start() {
+  Impl& s = *impl_;
+  const config::Config& c = *s.deps.config;
+  auto ctx = make_server_tls_context(c.tls_cert_file, c.tls_key_file, c.hostname);
+  if (!ctx.ok()) return ctx.status();
+  s.tls = std::make_unique<ssl::context>(*ctx);
+  for (const config::Listener& l : c.listeners) {
+    std::string host;
+    uint16_t port = 0;
+    if (absl::Status st = config::split_host_port(l.address, host, port); !st.ok()) return st;
+    error_code ec;
+    asio::ip::address addr = asio::ip::make_address(host, ec);
+    if (ec) {
+      tcp::resolver resolver(s.ioc);
+      auto results = resolver.resolve(host, std::to_string(port), tcp::resolver::passive, ec);
+      if (ec || results.empty()) return absl::InvalidArgumentError("listeners." + l.name + ".address: cannot resolve " + host);
+      addr = results.begin()->endpoint().address();
+    }
+    auto state = std::make_unique<ListenerState>();
+    state->config = l;
+    state->acceptor.emplace(s.accept_strand);
+    tcp::endpoint ep(addr, port);
+    state->acceptor->open(ep.protocol(), ec);
+    if (!ec) state->acceptor->set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec && addr.is_v6()) state->acceptor->set_option(asio::ip::v6_only(true), ec);
+    if (!ec) state->acceptor->bind(ep, ec);
+    if (!ec) state->acceptor->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) return absl::UnavailableError("listeners." + l.name + ": cannot listen on " + l.address + ": " + ec.message());
+    const tcp::endpoint bound = state->acceptor->local_endpoint(ec);
+    const std::string shown = (addr.is_v6() ? "[" + bound.address().to_string() + "]" : bound.address().to_string()) +
+                              ":" + std::to_string(bound.port());
+    LogLine(Level::kInfo, "listening").add("listener", l.name).add("mode", mode_name(l.mode))
+        .add("address", shown).emit();
+    s.listeners.push_back(std::move(state));
+  }
+  for (auto& l : s.listeners) {
+    ListenerState* ls = l.get();
+    asio::co_spawn(s.accept_strand, s.accept_loop(*ls), [name = ls->config.name](std::exception_ptr e) {
+      if (e) LogLine(Level::kError, "accept_loop_failed").add("listener", name).emit();
+    });
+  }
+  return absl::OkStatus();
+}
+
+void Server::run() {
+  Impl& s = *impl_;
+  asio::signal_set signals(s.ioc, SIGINT, SIGTERM);
+  signals.async_wait([&s](error_code ec, int signal) {
+    if (!ec) asio::post(s.accept_strand, [&s, signal] { s.begin_drain(signal); });
+  });
+  LogLine(Level::kInfo, "started").add("threads", s.threads).emit();
+  std::vector<std::thread> workers;
+  for (int i = 1; i < s.threads; ++i) workers.emplace_back([&s] { s.ioc.run(); });
+  s.ioc.run();
+  for (auto& t : workers) t.join();
+}
+
+}  // namespace smtpd::net

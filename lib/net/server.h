@@ -1,0 +1,53 @@
+// The SMTP front end: listeners for the smtp, submission and smtps modes on
+// a pool of I/O threads, one coroutine per connection on its own strand,
+// driving a lib/smtp ServerSession. Asio stays inside server.cc so that
+// this header is cheap to include.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "lib/config/config.h"
+
+namespace smtpd::queue {
+class Spool;
+}
+namespace smtpd::policy {
+class PolicyStore;
+}
+
+namespace smtpd::net {
+
+class UserDatabase;
+
+struct ServerDeps {
+  const config::Config* config = nullptr;
+  queue::Spool* spool = nullptr;
+  policy::PolicyStore* policy = nullptr;
+  const UserDatabase* users = nullptr;  // may be empty: AUTH not offered
+};
+
+class Server {
+ public:
+  explicit Server(ServerDeps deps);
+  ~Server();
+
+  // Binds every listener (logging the bound address of each) and starts
+  // accepting; returns the first bind or TLS error.
+  absl::Status start();
+  // Runs the I/O threads until stopped; handles SIGTERM/SIGINT with a
+  // graceful drain: stop accepting, 421 to idle sessions, let transactions
+  // in flight finish within server.drain_timeout, then close the rest.
+  void run();
+
+  struct Impl;  // public so that server.cc's connection class can name it
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace smtpd::net

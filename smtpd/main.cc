@@ -1,0 +1,247 @@
+// smtpd: wires configuration, the spool, policy and the SMTP front end.
+//
+//   smtpd [--config FILE] [--set KEY=VALUE]...            run the server
+//   smtpd ... --check-config | --print-config              validate / show config
+//   smtpd ... spool ls | spool show ID                     read the spool offline
+//   smtpd hash-password                                    Argon2id hash of stdin
+//
+// Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "lib/config/config.h"
+#include "lib/net/auth.h"
+#include "lib/net/server.h"
+#include "lib/observe/log.h"
+#include "lib/policy/policy.h"
+#include "lib/queue/spool.h"
+
+extern char** environ;
+
+namespace {
+
+using smtpd::observe::Level;
+using smtpd::observe::LogLine;
+
+struct Args {
+  smtpd::config::Sources sources;
+  bool check = false;
+  bool print = false;
+  std::vector<std::string> command;  // positional words
+};
+
+void usage() {
+  std::fprintf(stderr,
+               "usage: smtpd [--config FILE] [--set KEY=VALUE]... [--check-config|--print-config]\n"
+               "       smtpd [--config FILE] [--set KEY=VALUE]... spool ls|show ID\n"
+               "       smtpd hash-password   (reads the password from stdin)\n");
+}
+
+bool parse_args(int argc, char** argv, Args& a) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&](const std::string& flag, std::string& out) {
+      const std::string prefix = flag + "=";
+      if (arg.rfind(prefix, 0) == 0) {
+        out = arg.substr(prefix.size());
+        return true;
+      }
+      if (arg == flag && i + 1 < argc) {
+        out = argv[++i];
+        return true;
+      }
+      return false;
+    };
+    std::string v;
+    if (value("--config", v)) {
+      a.sources.file = v;
+    } else if (value("--set", v)) {
+      a.sources.overrides.push_back(v);
+    } else if (arg == "--check-config") {
+      a.check = true;
+    } else if (arg == "--print-config") {
+      a.print = true;
+    } else if (arg == "-h" || arg == "--help") {
+      usage();
+      std::exit(0);
+    } else if (!arg.empty() && arg[0] == '-') {
+      std::fprintf(stderr, "smtpd: unknown flag %s\n", arg.c_str());
+      return false;
+    } else {
+      a.command.push_back(arg);
+    }
+  }
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string kv = *e;
+    const size_t eq = kv.find('=');
+    if (kv.rfind("SMTPD_", 0) == 0 && eq != std::string::npos) a.sources.env[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  return true;
+}
+
+std::string format_time(int64_t unix_us) {
+  const time_t t = static_cast<time_t>(unix_us / 1000000);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+void print_record(const smtpd::queue::MessageRecord& r) {
+  std::printf("id: %s\narrival: %s\nfrom: <%s>\n", r.id.c_str(), format_time(r.arrival_unix_us).c_str(),
+              r.envelope.sender.str().c_str());
+  for (const auto& rc : r.envelope.recipients) std::printf("to: <%s>\n", rc.path.str().c_str());
+  std::printf("size: %llu\nclient: %s\nhelo: %s\nprotocol: %s\nlistener: %s\n",
+              static_cast<unsigned long long>(r.size), r.client_address.c_str(), r.helo.c_str(),
+              r.protocol.c_str(), r.source.c_str());
+  if (!r.auth_user.empty()) std::printf("auth_user: %s\n", r.auth_user.c_str());
+  if (r.envelope.smtputf8) std::printf("smtputf8: yes\n");
+  if (!r.envelope.envid.empty()) std::printf("envid: %s\n", r.envelope.envid.c_str());
+}
+
+int spool_command(const smtpd::config::Config& cfg, const std::vector<std::string>& cmd) {
+  if (cmd.size() < 2 || (cmd[1] == "show" && cmd.size() != 3) || (cmd[1] != "ls" && cmd[1] != "show")) {
+    usage();
+    return 2;
+  }
+  auto reader = smtpd::queue::SpoolReader::open(cfg.spool_path);
+  if (!reader.ok()) {
+    std::fprintf(stderr, "smtpd: %s\n", std::string(reader.status().message()).c_str());
+    return 1;
+  }
+  if (cmd[1] == "ls") {
+    std::printf("%-16s  %-20s  %10s  %-30s  %s\n", "ID", "ARRIVAL", "SIZE", "FROM", "TO");
+    absl::Status s = (*reader)->for_each([](const smtpd::queue::MessageRecord& r) {
+      std::string to;
+      for (const auto& rc : r.envelope.recipients) to += (to.empty() ? "" : ",") + rc.path.str();
+      std::printf("%-16s  %-20s  %10llu  %-30s  %s\n", r.id.c_str(), format_time(r.arrival_unix_us).c_str(),
+                  static_cast<unsigned long long>(r.size), ("<" + r.envelope.sender.str() + ">").c_str(),
+                  to.c_str());
+    });
+    if (!s.ok()) {
+      std::fprintf(stderr, "smtpd: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
+    return 0;
+  }
+  auto rec = (*reader)->get(cmd[2]);
+  if (!rec.ok()) {
+    std::fprintf(stderr, "smtpd: %s\n", std::string(rec.status().message()).c_str());
+    return 1;
+  }
+  auto body = (*reader)->read_body(*rec);
+  if (!body.ok()) {
+    std::fprintf(stderr, "smtpd: %s\n", std::string(body.status().message()).c_str());
+    return 1;
+  }
+  print_record(*rec);
+  std::printf("\n");
+  std::fwrite(body->data(), 1, body->size(), stdout);
+  return 0;
+}
+
+int hash_password_command() {
+  std::string password;
+  std::getline(std::cin, password);
+  if (!password.empty() && password.back() == '\r') password.pop_back();
+  if (password.empty()) {
+    std::fprintf(stderr, "smtpd: empty password on stdin\n");
+    return 2;
+  }
+  auto h = smtpd::net::hash_password(password);
+  if (!h.ok()) {
+    std::fprintf(stderr, "smtpd: %s\n", std::string(h.status().message()).c_str());
+    return 1;
+  }
+  std::printf("%s\n", h->c_str());
+  return 0;
+}
+
+void raise_fd_limit() {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+smtpd::observe::Level parse_level(const std::string& s) {
+  if (s == "debug") return Level::kDebug;
+  if (s == "warn") return Level::kWarn;
+  if (s == "error") return Level::kError;
+  return Level::kInfo;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  if (!parse_args(argc, argv, args)) {
+    usage();
+    return 2;
+  }
+  if (!args.command.empty() && args.command[0] == "hash-password") return hash_password_command();
+  auto loaded = smtpd::config::load(args.sources);
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "smtpd: %s\n", std::string(loaded.status().message()).c_str());
+    return 2;
+  }
+  const smtpd::config::Config& cfg = loaded->config;
+  if (args.print) {
+    std::fwrite(loaded->effective_yaml.data(), 1, loaded->effective_yaml.size(), stdout);
+    return 0;
+  }
+  smtpd::net::UserDatabase users;
+  if (!cfg.auth_users_file.empty()) {
+    auto db = smtpd::net::UserDatabase::load(cfg.auth_users_file);
+    if (!db.ok()) {
+      std::fprintf(stderr, "smtpd: config: %s\n", std::string(db.status().message()).c_str());
+      return 2;
+    }
+    users = *std::move(db);
+  }
+  if (args.check) {
+    std::printf("config ok\n");
+    return 0;
+  }
+  if (!args.command.empty()) {
+    if (args.command[0] == "spool") return spool_command(cfg, args.command);
+    usage();
+    return 2;
+  }
+  smtpd::observe::set_min_level(parse_level(cfg.log_level));
+  raise_fd_limit();
+  smtpd::queue::SpoolOptions so;
+  so.path = cfg.spool_path;
+  so.max_messages = cfg.spool_max_messages;
+  auto spool = smtpd::queue::Spool::open(so);
+  if (!spool.ok()) {
+    LogLine(Level::kError, "spool_open_failed").add("error", spool.status().ToString()).emit();
+    return 1;
+  }
+  LogLine(Level::kInfo, "spool_recovered").add("path", cfg.spool_path).add("messages", (*spool)->message_count()).emit();
+  smtpd::policy::PolicyStore policy(cfg.policy);
+  smtpd::net::ServerDeps deps{&cfg, spool->get(), &policy, &users};
+  int rc = 0;
+  {
+    smtpd::net::Server server(deps);
+    if (absl::Status s = server.start(); !s.ok()) {
+      LogLine(Level::kError, "start_failed").add("error", s.ToString()).emit();
+      rc = 1;
+    } else {
+      server.run();
+    }
+  }
+  (*spool)->close();
+  LogLine(Level::kInfo, "stopped").add("exit_code", rc).emit();
+  return rc;
+}
