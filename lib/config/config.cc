@@ -96,10 +96,14 @@ absl::StatusOr<YAML::Node> find(YAML::Node root, const std::string& path, const 
     so_far += (so_far.empty() ? "" : ".") + part;
     if (node.IsSequence()) {
       YAML::Node found;
+      bool matched = false;  // a default Node is a defined null, so track this
       for (YAML::Node entry : node) {
-        if (entry.IsMap() && entry["name"] && entry["name"].as<std::string>() == part) found.reset(entry);
+        if (entry.IsMap() && entry["name"] && entry["name"].as<std::string>() == part) {
+          found.reset(entry);
+          matched = true;
+        }
       }
-      if (!found) return key_error(so_far, "no list entry named '" + part + "'");
+      if (!matched) return key_error(so_far, "no list entry named '" + part + "'");
       node.reset(found);  // operator= would assign into the node, not rebind
     } else if (node.IsMap()) {
       if (!node[part]) {
