@@ -2,7 +2,7 @@
 //
 //   smtpd [--config FILE] [--set KEY=VALUE]...            run the server
 //   smtpd ... --check-config | --print-config              validate / show config
-//   smtpd ... spool ls | spool show ID                     read the spool offline
+//   smtpd ... spool ls | check | show ID                   read the spool offline
 //   smtpd hash-password                                    Argon2id hash of stdin
 //
 // Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.
@@ -41,7 +41,7 @@ struct Args {
 void usage() {
   std::fprintf(stderr,
                "usage: smtpd [--config FILE] [--set KEY=VALUE]... [--check-config|--print-config]\n"
-               "       smtpd [--config FILE] [--set KEY=VALUE]... spool ls|show ID\n"
+               "       smtpd [--config FILE] [--set KEY=VALUE]... spool ls|check|show ID\n"
                "       smtpd hash-password   (reads the password from stdin)\n");
 }
 
@@ -109,7 +109,8 @@ void print_record(const smtpd::queue::MessageRecord& r) {
 }
 
 int spool_command(const smtpd::config::Config& cfg, const std::vector<std::string>& cmd) {
-  if (cmd.size() < 2 || (cmd[1] == "show" && cmd.size() != 3) || (cmd[1] != "ls" && cmd[1] != "show")) {
+  if (cmd.size() < 2 || (cmd[1] == "show" && cmd.size() != 3) ||
+      (cmd[1] != "ls" && cmd[1] != "show" && cmd[1] != "check")) {
     usage();
     return 2;
   }
@@ -117,6 +118,23 @@ int spool_command(const smtpd::config::Config& cfg, const std::vector<std::strin
   if (!reader.ok()) {
     std::fprintf(stderr, "smtpd: %s\n", std::string(reader.status().message()).c_str());
     return 1;
+  }
+  if (cmd[1] == "check") {
+    // Reads every message back: each body must have its recorded size.
+    uint64_t good = 0, bad = 0;
+    absl::Status s = (*reader)->for_each([&](const smtpd::queue::MessageRecord& r) {
+      auto body = (*reader)->read_body(r);
+      if (body.ok() && body->size() == r.size) {
+        ++good;
+      } else {
+        ++bad;
+        std::printf("BAD %s: %s\n", r.id.c_str(),
+                    body.ok() ? "size mismatch" : std::string(body.status().message()).c_str());
+      }
+    });
+    std::printf("messages: %llu ok, %llu bad\n", static_cast<unsigned long long>(good),
+                static_cast<unsigned long long>(bad));
+    return (s.ok() && bad == 0) ? 0 : 1;
   }
   if (cmd[1] == "ls") {
     std::printf("%-16s  %-20s  %10s  %-30s  %s\n", "ID", "ARRIVAL", "SIZE", "FROM", "TO");

@@ -325,13 +325,19 @@ void Spool::flush_batch(std::vector<Pending>& batch) {
       if (::fdatasync(seg->fd()) != 0) status = errno_status("sync spool segment", errno);
     }
   }
-  // 2. Envelopes: one synced RocksDB batch.
+  // 2. Envelopes: one synced RocksDB batch. After a failed write (a full
+  // disk) RocksDB refuses writes until resumed; try that first.
+  if (status.ok() && db_failed_) {
+    status = from_rocks(db_->Resume(), "resume spool database");
+    if (status.ok()) db_failed_ = false;
+  }
   if (status.ok()) {
     rocksdb::WriteBatch wb;
     for (const Pending& p : batch) wb.Put(kMessagePrefix + p.record.id, encode_record(p.record));
     rocksdb::WriteOptions wo;
     wo.sync = true;
     status = from_rocks(db_->Write(wo, &wb), "commit spool records");
+    if (!status.ok()) db_failed_ = true;
   }
   if (status.ok()) {
     absl::MutexLock lock(&segments_mu_);

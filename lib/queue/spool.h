@@ -147,6 +147,7 @@ class Spool {
   std::vector<Pending> pending_ ABSL_GUARDED_BY(pending_mu_);
   bool stopping_ ABSL_GUARDED_BY(pending_mu_) = false;
   std::thread flusher_;
+  bool db_failed_ = false;  // flusher thread only
 
   std::atomic<uint64_t> messages_{0};
   std::atomic<uint64_t> in_flight_{0};

@@ -1,0 +1,148 @@
+"""Nothing acknowledged is ever lost: kill -9 under load from smtp-source,
+and a full disk answered with 452 4.3.1 without any acknowledgement."""
+import os
+import shutil
+import smtplib
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+from smtpd_harness import Smtpd
+
+LOAD_SETTINGS = {"limits.max_connections_per_client": "1000"}
+
+
+class Tracker:
+    """Clients that remember which messages got a 250 and under which id."""
+
+    def __init__(self, port, threads=6):
+        self.port = port
+        self.acked = {}  # subject -> queue id
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(threads)]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def run(self, worker):
+        n = 0
+        while not self.stop.is_set():
+            try:
+                with smtplib.SMTP("127.0.0.1", self.port, timeout=5) as s:
+                    s.ehlo()
+                    while not self.stop.is_set():
+                        subject = f"tracked-{worker}-{n}"
+                        n += 1
+                        body = f"Subject: {subject}\r\n\r\n" + ("payload line\r\n" * 200) + f"end {subject}\r\n"
+                        s.mail("a@remote.test")
+                        s.rcpt("bob@localhost")
+                        code, msg = s.data(body.encode())
+                        if code == 250:
+                            with self.lock:
+                                self.acked[subject] = msg.decode().rsplit(" ", 1)[1]
+            except (OSError, smtplib.SMTPException):
+                time.sleep(0.05)  # the server is down; try again until told to stop
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+
+
+class KillTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="smtpd-kill-")
+        self.server = Smtpd(self.tmp, LOAD_SETTINGS)
+
+    def tearDown(self):
+        self.server.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_kill9_under_load_loses_nothing(self):
+        all_acked = {}
+        for cycle in range(3):
+            self.server.start()
+            port = self.server.ports["mx"]
+            source = subprocess.Popen(["smtp-source", "-s", "24", "-m", "1000000", "-l", "4096", "-f",
+                                       "load@remote.test", "-t", "bob@localhost", f"127.0.0.1:{port}"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            tracker = Tracker(port)
+            tracker.start()
+            time.sleep(1.5 + 0.5 * cycle)
+            self.server.proc.kill()  # SIGKILL in the middle of everything
+            self.server.proc.wait()
+            tracker.finish()
+            source.kill()
+            source.wait()
+            self.assertGreater(len(tracker.acked), 0, "no message was acknowledged before the kill")
+            all_acked.update(tracker.acked)
+        ids = set(self.server.spool_ls())
+        lost = {s: q for s, q in all_acked.items() if q not in ids}
+        self.assertEqual(lost, {}, f"{len(lost)} acknowledged messages lost")
+        code, report = self.server.spool_check()
+        self.assertEqual(code, 0, report)
+        # Spot-check content: the acknowledged bodies are whole.
+        for subject, qid in list(all_acked.items())[:20]:
+            _, body = self.server.spool_show(qid)
+            self.assertIn(f"Subject: {subject}".encode(), body)
+            self.assertTrue(body.endswith(f"end {subject}\r\n".encode()), subject)
+        # And the spool still works after the crashes.
+        self.server.start()
+        with smtplib.SMTP("127.0.0.1", self.server.ports["mx"], timeout=10) as s:
+            s.sendmail("a@remote.test", ["bob@localhost"], b"Subject: after\r\n\r\nok\r\n")
+        self.assertEqual(self.server.stop(), 0)
+        print(f"\nkill -9 x3: {len(all_acked)} tracked acknowledged, {len(ids)} in spool, lost 0")
+
+
+@unittest.skipUnless(os.geteuid() == 0, "mounting a small tmpfs needs root")
+class DiskFullTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="smtpd-full-")
+        self.mnt = os.path.join(self.tmp, "fs")
+        os.mkdir(self.mnt)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", self.mnt], check=True)
+        self.server = Smtpd(self.tmp, {"spool.path": os.path.join(self.mnt, "spool")})
+
+    def tearDown(self):
+        self.server.kill()
+        subprocess.run(["umount", self.mnt])
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_full_disk_refuses_then_recovers(self):
+        self.server.start()
+        port = self.server.ports["mx"]
+        body = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 1000  # about 1 MB
+        acked, refused = [], []
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            s.ehlo()
+            for _ in range(30):
+                s.mail("a@remote.test")
+                s.rcpt("bob@localhost")
+                code, msg = s.data(body)
+                if code == 250:
+                    acked.append(msg.decode().rsplit(" ", 1)[1])
+                else:
+                    self.assertEqual((code, msg.decode()), (452, "4.3.1 Insufficient system storage"))
+                    refused.append(code)
+                    s.rset()
+        self.assertTrue(refused, "the disk never filled")
+        self.assertTrue(acked)
+        # Space returns: service resumes without a restart.
+        subprocess.run(["mount", "-o", "remount,size=64m", self.mnt], check=True)
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            s.sendmail("a@remote.test", ["bob@localhost"], b"Subject: after\r\n\r\nok\r\n")
+        self.assertEqual(self.server.stop(), 0)
+        ids = self.server.spool_ls()
+        for qid in acked:
+            self.assertIn(qid, ids)
+        self.assertEqual(len(ids), len(acked) + 1)  # nothing unacknowledged was kept
+        code, report = self.server.spool_check()
+        self.assertEqual(code, 0, report)
+
+
+if __name__ == "__main__":
+    unittest.main()
