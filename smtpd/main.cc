@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <iostream>
@@ -241,6 +242,13 @@ int main(int argc, char** argv) {
   smtpd::queue::SpoolOptions so;
   so.path = cfg.spool_path;
   so.max_messages = cfg.spool_max_messages;
+  so.min_free_bytes = cfg.spool_min_free_bytes;
+  so.on_fatal = [](const absl::Status& s) {
+    // Every acknowledged message is durable; a restart recovers the
+    // database. Mail in flight was never acknowledged and will be retried.
+    LogLine(Level::kError, "spool_database_failed").add("error", s.ToString()).add("action", "exit 75").emit();
+    std::_Exit(75);
+  };
   auto spool = smtpd::queue::Spool::open(so);
   if (!spool.ok()) {
     LogLine(Level::kError, "spool_open_failed").add("error", spool.status().ToString()).emit();

@@ -131,7 +131,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   awaitable<void> on_data_end();
   void on_data_abort();
   awaitable<void> on_auth();
-  void log_transaction(const smtp::Reply& reply, const std::string& queue_id, bool accepted);
+  void log_transaction(const smtp::Reply& reply, const std::string& queue_id, bool accepted,
+                       const smtp::Envelope& env);
 
   void set_deadline(std::chrono::milliseconds d) { deadline_ = Clock::now() + d; }
   void arm_watchdog();
@@ -318,20 +319,21 @@ awaitable<void> Connection::on_data_end() {
     reply = smtp::Reply(452, "4.3.1", "Insufficient system storage");
   }
   ++transactions_;
-  log_transaction(reply, id, result.ok());
+  log_transaction(reply, id, result.ok(), machine_->envelope());
   machine_->decide(reply);
 }
 
 void Connection::on_data_abort() {
   const std::string id = writer_ ? writer_->id() : std::string();
-  writer_.reset();
   ++transactions_;
+  // The machine has reset its transaction; log the one that just ended.
   log_transaction(machine_->closed() ? smtp::Reply(421, "4.4.0", "session ended") : machine_->last_reply(), id,
-                  false);
+                  false, machine_->last_envelope());
+  writer_.reset();
 }
 
-void Connection::log_transaction(const smtp::Reply& reply, const std::string& queue_id, bool accepted) {
-  const smtp::Envelope& env = machine_->envelope();
+void Connection::log_transaction(const smtp::Reply& reply, const std::string& queue_id, bool accepted,
+                                 const smtp::Envelope& env) {
   std::vector<std::string> rcpts;
   for (const auto& r : env.recipients) rcpts.push_back(r.path.str());
   LogLine(Level::kInfo, "transaction")

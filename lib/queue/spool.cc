@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -269,15 +270,41 @@ std::string Spool::next_id() {
   return buf;
 }
 
-bool Spool::accepting() const {
-  return !closed_.load() && messages_.load() + in_flight_.load() < options_.max_messages;
+absl::Status Spool::check_space() {
+  struct statvfs st;
+  if (::statvfs(options_.path.c_str(), &st) != 0) return errno_status("statvfs " + options_.path, errno);
+  const uint64_t free_bytes = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+  const bool low = free_bytes < options_.min_free_bytes;
+  low_space_.store(low);
+  space_checked_ms_.store(std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::steady_clock::now().time_since_epoch())
+                              .count());
+  if (low) {
+    return absl::ResourceExhaustedError("spool file system has " + std::to_string(free_bytes) +
+                                        " bytes free, below spool.min_free_bytes");
+  }
+  return absl::OkStatus();
+}
+
+bool Spool::accepting() {
+  if (closed_.load() || db_broken_.load()) return false;
+  if (messages_.load() + in_flight_.load() >= options_.max_messages) return false;
+  // The flusher refreshes the free-space state on every batch; refresh it
+  // here too when it is older than a quarter second (an idle spool).
+  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::steady_clock::now().time_since_epoch())
+                             .count();
+  if (now_ms - space_checked_ms_.load() > 250) (void)check_space();
+  return !low_space_.load();
 }
 
 absl::StatusOr<std::unique_ptr<SpoolWriter>> Spool::begin_message() {
   if (closed_.load()) return absl::UnavailableError("spool is closed");
+  if (db_broken_.load()) return absl::UnavailableError("spool database failed earlier");
   if (messages_.load() + in_flight_.load() >= options_.max_messages) {
     return absl::ResourceExhaustedError("queue is full");
   }
+  if (!accepting()) return absl::ResourceExhaustedError("spool file system is low on space");
   in_flight_.fetch_add(1);
   return std::unique_ptr<SpoolWriter>(new SpoolWriter(this, next_id(), options_.writer_buffer));
 }
@@ -325,19 +352,19 @@ void Spool::flush_batch(std::vector<Pending>& batch) {
       if (::fdatasync(seg->fd()) != 0) status = errno_status("sync spool segment", errno);
     }
   }
-  // 2. Envelopes: one synced RocksDB batch. After a failed write (a full
-  // disk) RocksDB refuses writes until resumed; try that first.
-  if (status.ok() && db_failed_) {
-    status = from_rocks(db_->Resume(), "resume spool database");
-    if (status.ok()) db_failed_ = false;
-  }
+  // 2. Envelopes: one synced RocksDB batch. RocksDB must never meet a full
+  // disk: after a failed WAL write this RocksDB (7.8, built with
+  // assertions) aborts on the next WAL operation and Resume() does not
+  // help, so the batch is refused while free space is below the reserve.
+  if (status.ok() && db_broken_.load()) status = absl::UnavailableError("spool database failed earlier");
+  if (status.ok()) status = check_space();
   if (status.ok()) {
     rocksdb::WriteBatch wb;
     for (const Pending& p : batch) wb.Put(kMessagePrefix + p.record.id, encode_record(p.record));
     rocksdb::WriteOptions wo;
     wo.sync = true;
     status = from_rocks(db_->Write(wo, &wb), "commit spool records");
-    if (!status.ok()) db_failed_ = true;
+    if (!status.ok() && !db_broken_.exchange(true) && options_.on_fatal) options_.on_fatal(status);
   }
   if (status.ok()) {
     absl::MutexLock lock(&segments_mu_);

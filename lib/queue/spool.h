@@ -45,6 +45,14 @@ struct SpoolOptions {
   uint64_t max_messages = 100000;         // past this, new mail gets 452 4.3.1
   uint64_t segment_bytes = 64ull << 20;   // rotate the append file past this size
   size_t writer_buffer = 64 << 10;        // octets a writer holds before writing
+  // New mail is refused (452 4.3.1) while the spool's file system has less
+  // free space than this, so that RocksDB never meets a full disk (see
+  // Spool::flush_batch). Like Postfix's queue_minfree.
+  uint64_t min_free_bytes = 64ull << 20;
+  // Called once if the envelope database fails a write: that RocksDB
+  // handle must not be used again (its WAL writer is in error), and the
+  // process should restart; everything acknowledged is already durable.
+  std::function<void(const absl::Status&)> on_fatal;
 };
 
 // One message body being received. Not thread-safe: owned by one session.
@@ -84,8 +92,9 @@ class Spool {
   static absl::StatusOr<std::unique_ptr<Spool>> open(const SpoolOptions& options);
   ~Spool();
 
-  // True when the spool takes new mail (below max_messages).
-  bool accepting() const;
+  // True when the spool takes new mail: below max_messages, enough free
+  // space, database healthy.
+  bool accepting();
   // Starts a message; fails with RESOURCE_EXHAUSTED when the spool is full.
   absl::StatusOr<std::unique_ptr<SpoolWriter>> begin_message();
   // Makes the message durable. `done` runs on the flusher thread with the
@@ -147,7 +156,11 @@ class Spool {
   std::vector<Pending> pending_ ABSL_GUARDED_BY(pending_mu_);
   bool stopping_ ABSL_GUARDED_BY(pending_mu_) = false;
   std::thread flusher_;
-  bool db_failed_ = false;  // flusher thread only
+  absl::Status check_space();
+
+  std::atomic<bool> low_space_{false};
+  std::atomic<int64_t> space_checked_ms_{0};
+  std::atomic<bool> db_broken_{false};
 
   std::atomic<uint64_t> messages_{0};
   std::atomic<uint64_t> in_flight_{0};

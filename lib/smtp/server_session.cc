@@ -153,6 +153,7 @@ EventKind ServerSession::wait_for(Pending p, EventKind e) {
 }
 
 void ServerSession::reset_transaction() {
+  if (has_sender_) last_envelope_ = envelope_;
   has_sender_ = false;
   envelope_ = Envelope();
   pending_rcpt_ = Recipient();

@@ -99,8 +99,10 @@ class ServerSession {
   bool in_transaction() const { return has_sender_; }
   bool closed() const { return mode_ == Mode::kClosed; }
   TimeoutKind timeout_kind() const;
-  // The reply that ended the last transaction (for logs).
+  // The reply and envelope of the last transaction that ended (for logs:
+  // after kDataAbort the current envelope is already reset).
   const Reply& last_reply() const { return last_reply_; }
+  const Envelope& last_envelope() const { return last_envelope_; }
 
  private:
   enum class Mode {
@@ -184,6 +186,7 @@ class ServerSession {
   DataDecoder decoder_;
   ContentChecker bdat_checker_;
   Reply last_reply_;
+  Envelope last_envelope_;
 
   AuthRequest auth_;
 };

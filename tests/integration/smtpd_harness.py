@@ -28,8 +28,9 @@ def hash_password(password):
 class Smtpd:
     """One smtpd process with its own spool and config in a temp dir."""
 
-    def __init__(self, workdir, settings=None, users=None):
+    def __init__(self, workdir, settings=None, users=None, log_to_file=False):
         self.dir = workdir
+        self.log_to_file = log_to_file  # benchmarks: no reader thread on the CPU
         self.spool = os.path.join(workdir, "spool")
         self.config = os.path.join(workdir, "smtpd.yaml")
         self.settings = dict(settings or {})
@@ -71,6 +72,8 @@ class Smtpd:
         self._close()
         self.lines = []
         self.ports = {}
+        if self.log_to_file:
+            return self._start_logging_to_file(timeout)
         self.proc = subprocess.Popen([SMTPD] + self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, errors="replace")
         started = threading.Event()
@@ -95,6 +98,24 @@ class Smtpd:
             raise RuntimeError(f"smtpd did not start: {self.lines[-5:]}")
         return self
 
+    def _start_logging_to_file(self, timeout):
+        path = os.path.join(self.dir, "smtpd.log")
+        with open(path, "w") as log:
+            self.proc = subprocess.Popen([SMTPD] + self.args(), stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.time() + timeout
+        while time.time() < deadline and self.proc.poll() is None:
+            with open(path) as f:
+                lines = [json.loads(l) for l in f if l.startswith("{")]
+            if any(e.get("event") == "started" for e in lines):
+                self.lines = lines
+                for e in lines:
+                    if e.get("event") == "listening":
+                        self.ports[e["listener"]] = int(e["address"].rsplit(":", 1)[1])
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError("smtpd did not start; see " + path)
+
     def events(self, name):
         with self._lock:
             return [e for e in self.lines if e.get("event") == name]
@@ -111,12 +132,26 @@ class Smtpd:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                return self.proc.wait(timeout)
+                code = self.proc.wait(timeout)
+                if code != 0:
+                    self.dump_log(f"smtpd exited with {code}")
+                return code
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
                 raise AssertionError("smtpd did not stop after SIGTERM")
         return self.proc.returncode if self.proc else None
+
+    def dump_log(self, why, lines=40):
+        import sys
+        time.sleep(0.2)  # let the reader thread catch up
+        print(f"\n--- {why}; last smtpd log lines:", file=sys.stderr)
+        with self._lock:
+            tail = self.lines[-lines:]
+        for line in tail:
+            print(json.dumps(line)[:1000], file=sys.stderr)
+        if self.log_to_file:
+            print(open(os.path.join(self.dir, "smtpd.log")).read()[-4000:], file=sys.stderr)
 
     def kill(self):
         if self.proc and self.proc.poll() is None:
