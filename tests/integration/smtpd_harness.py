@@ -201,8 +201,18 @@ class SmtpdTestCase(unittest.TestCase):
         self.server = Smtpd(self.tmp, self.settings, self.users).start()
 
     def tearDown(self):
-        self.server.kill()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        # A graceful stop in every test exercises the shutdown path and lets
+        # LeakSanitizer run in sanitizer builds; any sanitizer report fails.
+        try:
+            running = self.server.proc is not None and self.server.proc.poll() is None
+            code = self.server.stop() if running else 0
+            reports = [e["text"] for e in self.server.lines if e.get("event") == "raw"
+                       and ("Sanitizer" in e["text"] or "runtime error" in e["text"])]
+            self.assertEqual(reports, [], "sanitizer reports")
+            self.assertEqual(code, 0, "smtpd did not exit cleanly")
+        finally:
+            self.server.kill()
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def port(self, name="mx"):
         return self.server.ports[name]
