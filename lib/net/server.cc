@@ -1,6 +1,7 @@
 #include "lib/net/server.h"
 
 #include <openssl/ssl.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <boost/asio.hpp>
@@ -34,7 +35,7 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kFinalWriteGrace = std::chrono::seconds(10);
 
 // Awaitable wrapper of Spool::commit: the flusher thread's callback is
-// posted back to the session's strand.
+// posted back to the session's io_context.
 template <typename Token>
 auto async_commit(queue::Spool& spool, std::unique_ptr<queue::SpoolWriter> writer,
                   queue::MessageRecord record, Token&& token) {
@@ -75,12 +76,26 @@ struct Server::Impl {
   explicit Impl(ServerDeps d)
       : deps(d), threads(d.config->threads > 0 ? d.config->threads
                                                 : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))),
-        ioc(threads), accept_strand(asio::make_strand(ioc)), blocking(2) {}
+        blocking(2) {
+    // One single-threaded io_context per worker thread: a session lives on
+    // one context for its whole life, which serialises it like a strand
+    // without the strand's locking, and wakes fewer threads (profiled:
+    // cross-thread wakeups of a shared scheduler cost ~5% of CPU).
+    for (int i = 0; i < threads; ++i) {
+      contexts.push_back(std::make_unique<asio::io_context>(1));
+      guards.emplace_back(asio::make_work_guard(*contexts.back()));
+    }
+  }
+
+  // Context 0 also runs the acceptors, signals and the drain.
+  asio::io_context& control() { return *contexts.front(); }
+  asio::io_context& next_context() { return *contexts[next_context_index++ % contexts.size()]; }
 
   ServerDeps deps;
   int threads;
-  asio::io_context ioc;
-  asio::strand<asio::io_context::executor_type> accept_strand;
+  std::vector<std::unique_ptr<asio::io_context>> contexts;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
+  size_t next_context_index = 0;  // used on the control context only
   asio::thread_pool blocking;  // password hashing
   std::unique_ptr<ssl::context> tls;
   std::vector<std::unique_ptr<ListenerState>> listeners;
@@ -94,7 +109,7 @@ struct Server::Impl {
   std::map<uint64_t, std::weak_ptr<Connection>> connections ABSL_GUARDED_BY(mu);
 
   awaitable<void> accept_loop(ListenerState& l);
-  void start_connection(tcp::socket socket, const ListenerState& l);
+  void start_connection(tcp::socket socket, const tcp::endpoint& remote, const ListenerState& l);
   void begin_drain(int signal);
   void force_close_all();
   void wait_for_idle();
@@ -103,7 +118,8 @@ struct Server::Impl {
 };
 
 // One SMTP connection: owns the socket (and TLS stream), the protocol
-// machine and the message being stored. Runs on its own strand.
+// machine and the message being stored. Runs on one single-threaded
+// io_context for its whole life, so its state needs no locks.
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
   Connection(Server::Impl& server, tcp::socket socket, const config::Listener& listener,
@@ -123,6 +139,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
  private:
   awaitable<bool> read_input();
+  size_t drain_socket();
   awaitable<bool> flush();
   awaitable<bool> start_tls();
   void on_mail();
@@ -141,6 +158,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   tcp::socket socket_;
   std::unique_ptr<ssl::stream<tcp::socket&>> tls_;
   std::vector<char> tls_buffer_;
+  char small_buffer_[512];
   asio::steady_timer timer_;
   Clock::time_point deadline_ = Clock::now();
   bool closed_ = false;
@@ -196,21 +214,34 @@ awaitable<bool> Connection::read_input() {
     std::tie(ec, n) = co_await tls_->async_read_some(asio::buffer(tls_buffer_), asio::as_tuple(use_awaitable));
     if (!ec) machine_->feed(std::string_view(tls_buffer_.data(), n));
   } else {
-    // Wait for readability, then read into a per-thread buffer: an idle
-    // connection holds no read buffer at all.
-    while (true) {
-      std::tie(ec) = co_await socket_.async_wait(tcp::socket::wait_read, asio::as_tuple(use_awaitable));
-      if (ec) break;
-      thread_local char buffer[65536];
-      n = socket_.read_some(asio::buffer(buffer), ec);
-      if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
-      if (!ec) machine_->feed(std::string_view(buffer, n));
-      break;
+    // A small read that waits: async_read_some stays on Asio's speculative
+    // path (async_wait would cost an epoll_ctl per wait, profiled), and an
+    // idle connection holds only this small buffer.
+    std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(small_buffer_), asio::as_tuple(use_awaitable));
+    if (!ec) {
+      machine_->feed(std::string_view(small_buffer_, n));
+      if (n == sizeof small_buffer_) n += drain_socket();
     }
   }
   waiting_for_command_ = false;
   bytes_in_ += n;
   co_return !ec;
+}
+
+// After a full small read more is usually waiting (message data): take it
+// with non-blocking reads into a per-thread buffer, bounded per call so a
+// fast sender cannot monopolise the thread.
+size_t Connection::drain_socket() {
+  thread_local char buffer[65536];
+  size_t total = 0;
+  for (int i = 0; i < 4; ++i) {
+    const ssize_t got = ::recv(socket_.native_handle(), buffer, sizeof buffer, MSG_DONTWAIT);
+    if (got <= 0) break;  // EAGAIN, EOF or error: the next async read reports it
+    machine_->feed(std::string_view(buffer, static_cast<size_t>(got)));
+    total += static_cast<size_t>(got);
+    if (static_cast<size_t>(got) < sizeof buffer) break;
+  }
+  return total;
 }
 
 awaitable<bool> Connection::flush() {
@@ -380,10 +411,10 @@ awaitable<void> Connection::on_auth() {
 awaitable<void> Connection::run() {
   auto self = shared_from_this();
   error_code ignored;
-  socket_.non_blocking(true, ignored);
   socket_.set_option(tcp::no_delay(true), ignored);
   machine_.emplace(server_.settings_for(listener_));
-  LogLine(Level::kInfo, "connect").add("conn", id_).add("listener", listener_.name).add("client", client_).emit();
+  LogLine(Level::kDebug, "connect").add("conn", id_).add("listener", listener_.name).add("client", client_).emit();
+  const auto started = Clock::now();
   set_deadline(server_.deps.config->command_timeout);
   arm_watchdog();
   bool running = true;
@@ -441,10 +472,15 @@ awaitable<void> Connection::run() {
   if (writer_) on_data_abort();  // the client vanished mid-message: nothing acknowledged
   closed_ = true;
   timer_.cancel();
-  socket_.shutdown(tcp::socket::shutdown_both, ignored);
   socket_.close(ignored);
-  LogLine(Level::kInfo, "disconnect").add("conn", id_).add("client", client_)
-      .add("transactions", transactions_).add("bytes_in", bytes_in_).emit();
+  // The one line per connection (RFC 5321 sessions can be long: the
+  // duration says how long).
+  LogLine(Level::kInfo, "disconnect").add("conn", id_).add("listener", listener_.name).add("client", client_)
+      .add("helo", machine_->helo_name()).add("tls", tls_version_).add("auth_user", machine_->auth_user())
+      .add("transactions", transactions_).add("bytes_in", bytes_in_)
+      .add("duration_ms", static_cast<int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                   Clock::now() - started).count()))
+      .emit();
 }
 
 smtp::SessionSettings Server::Impl::settings_for(const config::Listener& l) const {
@@ -481,10 +517,8 @@ void Server::Impl::release(uint64_t id, const std::string& client) {
   if (it != per_client.end() && --it->second == 0) per_client.erase(it);
 }
 
-void Server::Impl::start_connection(tcp::socket socket, const ListenerState& l) {
+void Server::Impl::start_connection(tcp::socket socket, const tcp::endpoint& remote, const ListenerState& l) {
   error_code ec;
-  const auto remote = socket.remote_endpoint(ec);
-  if (ec) return;
   auto addr = remote.address();
   if (addr.is_v6() && addr.to_v6().is_v4_mapped()) addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
   const std::string client = addr.to_string();
@@ -519,7 +553,9 @@ void Server::Impl::start_connection(tcp::socket socket, const ListenerState& l) 
     connections[id] = conn;
   }
   auto ex = conn->socket_executor();
-  asio::co_spawn(ex, conn->run(), [this, id, client](std::exception_ptr e) {
+  // The coroutine starts later on its context: the completion handler owns
+  // the connection until the coroutine has finished.
+  asio::co_spawn(ex, conn->run(), [this, id, client, conn](std::exception_ptr e) {
     if (e) {
       try {
         std::rethrow_exception(e);
@@ -533,16 +569,18 @@ void Server::Impl::start_connection(tcp::socket socket, const ListenerState& l) 
 
 awaitable<void> Server::Impl::accept_loop(ListenerState& l) {
   while (!draining.load()) {
-    auto strand = asio::make_strand(ioc);
-    auto [ec, socket] = co_await l.acceptor->async_accept(strand, asio::as_tuple(use_awaitable));
+    // The peer address comes with accept(2): no getpeername per connection.
+    tcp::socket socket(next_context());
+    tcp::endpoint remote;
+    auto [ec] = co_await l.acceptor->async_accept(socket, remote, asio::as_tuple(use_awaitable));
     if (ec) {
       if (ec == asio::error::operation_aborted || draining.load()) break;
       LogLine(Level::kWarn, "accept_failed").add("listener", l.config.name).add("error", ec.message()).emit();
-      asio::steady_timer t(accept_strand, std::chrono::milliseconds(100));  // e.g. EMFILE
+      asio::steady_timer t(control(), std::chrono::milliseconds(100));  // e.g. EMFILE
       co_await t.async_wait(asio::as_tuple(use_awaitable));
       continue;
     }
-    start_connection(std::move(socket), l);
+    start_connection(std::move(socket), remote, l);
   }
 }
 
@@ -563,8 +601,8 @@ void Server::Impl::begin_drain(int signal) {
   }
   for (auto& c : all) asio::post(c->socket_executor(), [c] { c->drain(); });
   const auto deadline = Clock::now() + deps.config->drain_timeout;
-  asio::co_spawn(accept_strand, [this, deadline]() -> awaitable<void> {
-    asio::steady_timer t(accept_strand);
+  asio::co_spawn(control(), [this, deadline]() -> awaitable<void> {
+    asio::steady_timer t(control());
     bool forced = false;
     while (true) {
       {
@@ -579,7 +617,8 @@ void Server::Impl::begin_drain(int signal) {
       co_await t.async_wait(asio::as_tuple(use_awaitable));
     }
     LogLine(Level::kInfo, "drained").emit();
-    ioc.stop();
+    guards.clear();
+    for (auto& c : contexts) c->stop();
   }, asio::detached);
 }
 
@@ -614,14 +653,14 @@ absl::Status Server::start() {
     error_code ec;
     asio::ip::address addr = asio::ip::make_address(host, ec);
     if (ec) {
-      tcp::resolver resolver(s.ioc);
+      tcp::resolver resolver(s.control());
       auto results = resolver.resolve(host, std::to_string(port), tcp::resolver::passive, ec);
       if (ec || results.empty()) return absl::InvalidArgumentError("listeners." + l.name + ".address: cannot resolve " + host);
       addr = results.begin()->endpoint().address();
     }
     auto state = std::make_unique<ListenerState>();
     state->config = l;
-    state->acceptor.emplace(s.accept_strand);
+    state->acceptor.emplace(s.control());
     tcp::endpoint ep(addr, port);
     state->acceptor->open(ep.protocol(), ec);
     if (!ec) state->acceptor->set_option(tcp::acceptor::reuse_address(true), ec);
@@ -638,7 +677,7 @@ absl::Status Server::start() {
   }
   for (auto& l : s.listeners) {
     ListenerState* ls = l.get();
-    asio::co_spawn(s.accept_strand, s.accept_loop(*ls), [name = ls->config.name](std::exception_ptr e) {
+    asio::co_spawn(s.control(), s.accept_loop(*ls), [name = ls->config.name](std::exception_ptr e) {
       if (e) LogLine(Level::kError, "accept_loop_failed").add("listener", name).emit();
     });
   }
@@ -647,14 +686,14 @@ absl::Status Server::start() {
 
 void Server::run() {
   Impl& s = *impl_;
-  asio::signal_set signals(s.ioc, SIGINT, SIGTERM);
+  asio::signal_set signals(s.control(), SIGINT, SIGTERM);
   signals.async_wait([&s](error_code ec, int signal) {
-    if (!ec) asio::post(s.accept_strand, [&s, signal] { s.begin_drain(signal); });
+    if (!ec) s.begin_drain(signal);
   });
   LogLine(Level::kInfo, "started").add("threads", s.threads).emit();
   std::vector<std::thread> workers;
-  for (int i = 1; i < s.threads; ++i) workers.emplace_back([&s] { s.ioc.run(); });
-  s.ioc.run();
+  for (int i = 1; i < s.threads; ++i) workers.emplace_back([&s, i] { s.contexts[i]->run(); });
+  s.control().run();
   for (auto& t : workers) t.join();
 }
 

@@ -1,5 +1,6 @@
 // The SMTP front end: listeners for the smtp, submission and smtps modes on
-// a pool of I/O threads, one coroutine per connection on its own strand,
+// a pool of I/O threads (one single-threaded io_context each), one
+// coroutine per connection that stays on its context (an implicit strand),
 // driving a lib/smtp ServerSession. Asio stays inside server.cc so that
 // this header is cheap to include.
 #pragma once
