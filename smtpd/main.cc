@@ -243,6 +243,7 @@ int main(int argc, char** argv) {
   so.path = cfg.spool_path;
   so.max_messages = cfg.spool_max_messages;
   so.min_free_bytes = cfg.spool_min_free_bytes;
+  so.commit_delay = cfg.spool_commit_delay;
   so.on_fatal = [](const absl::Status& s) {
     // Every acknowledged message is durable; a restart recovers the
     // database. Mail in flight was never acknowledged and will be retried.
@@ -268,6 +269,7 @@ int main(int argc, char** argv) {
     }
   }
   (*spool)->close();
-  LogLine(Level::kInfo, "stopped").add("exit_code", rc).emit();
+  LogLine(Level::kInfo, "stopped").add("exit_code", rc).add("commits", (*spool)->commits())
+      .add("commit_batches", (*spool)->batches()).emit();
   return rc;
 }

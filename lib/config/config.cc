@@ -29,6 +29,7 @@ spool:
   path: var/spool
   max_messages: 100000
   min_free_bytes: 67108864
+  commit_delay: 1ms
 control:
   address: "127.0.0.1:50051"
 metrics:
@@ -298,6 +299,10 @@ absl::Status convert(const YAML::Node& root, Config& c) {
   if (c.spool_path.empty()) return key_error("spool.path", "must not be empty");
   SMTPD_ASSIGN(c.spool_max_messages, scalar<uint64_t>(root, "spool.max_messages"));
   SMTPD_ASSIGN(c.spool_min_free_bytes, scalar<uint64_t>(root, "spool.min_free_bytes"));
+  SMTPD_ASSIGN(c.spool_commit_delay, duration(root, "spool.commit_delay"));
+  if (c.spool_commit_delay > std::chrono::milliseconds(100)) {
+    return key_error("spool.commit_delay", "must be at most 100ms (it delays every 250)");
+  }
   SMTPD_ASSIGN(c.control_address, scalar<std::string>(root, "control.address"));
   SMTPD_ASSIGN(c.metrics_address, scalar<std::string>(root, "metrics.address"));
   SMTPD_ASSIGN(c.auth_users_file, scalar<std::string>(root, "auth.users_file"));

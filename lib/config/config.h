@@ -36,6 +36,7 @@ struct Config {
   std::string spool_path;
   uint64_t spool_max_messages = 100000;
   uint64_t spool_min_free_bytes = 64ull << 20;
+  std::chrono::milliseconds spool_commit_delay{1};
   std::string control_address;
   std::string metrics_address;
   std::string auth_users_file;

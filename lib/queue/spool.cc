@@ -11,6 +11,8 @@
 #include <cstring>
 #include <set>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "rocksdb/db.h"
 #include "rocksdb/options.h"
 #include "rocksdb/write_batch.h"
@@ -337,9 +339,37 @@ void Spool::flusher_loop() {
       if (pending_.empty() && stopping_) return;
       batch.swap(pending_);
     }
+    gather_siblings(batch);
     flush_batch(batch);
     batch.clear();
   }
+}
+
+// Waits (bounded by commit_delay) for messages that are still being
+// received to reach commit, so that one sync covers them too. Writers in
+// flight that are not in this batch are the siblings worth waiting for.
+void Spool::gather_siblings(std::vector<Pending>& batch) {
+  if (options_.commit_delay.count() <= 0) return;
+  const absl::Time deadline = absl::Now() + absl::FromChrono(options_.commit_delay);
+  absl::MutexLock lock(&pending_mu_);
+  while (!stopping_) {
+    const uint64_t in_flight = in_flight_.load();
+    if (in_flight <= batch.size() + pending_.size()) break;  // nobody else is coming
+    struct Args {
+      Spool* spool;
+      size_t want;
+    } args{this, static_cast<size_t>(in_flight - batch.size())};
+    const bool all_here = pending_mu_.AwaitWithDeadline(
+        absl::Condition(+[](Args* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+          return a->spool->stopping_ || a->spool->pending_.size() >= a->want;
+        }, &args),
+        deadline);
+    for (Pending& p : pending_) batch.push_back(std::move(p));
+    pending_.clear();
+    if (!all_here) break;  // the delay is spent
+  }
+  for (Pending& p : pending_) batch.push_back(std::move(p));
+  pending_.clear();
 }
 
 void Spool::flush_batch(std::vector<Pending>& batch) {
@@ -377,6 +407,7 @@ void Spool::flush_batch(std::vector<Pending>& batch) {
   }
   if (status.ok()) {
     messages_.fetch_add(batch.size());
+    commits_.fetch_add(batch.size());
     batches_.fetch_add(1);
   }
   for (Pending& p : batch) {

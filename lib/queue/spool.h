@@ -17,6 +17,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -49,6 +50,11 @@ struct SpoolOptions {
   // free space than this, so that RocksDB never meets a full disk (see
   // Spool::flush_batch). Like Postfix's queue_minfree.
   uint64_t min_free_bytes = 64ull << 20;
+  // Group commit: when other messages are still being received, the
+  // flusher waits up to this long for them to join its batch before it
+  // syncs (like PostgreSQL's commit_delay with commit_siblings). Zero
+  // syncs at once. A lone session never waits.
+  std::chrono::microseconds commit_delay{1000};
   // Called once if the envelope database fails a write: that RocksDB
   // handle must not be used again (its WAL writer is in error), and the
   // process should restart; everything acknowledged is already durable.
@@ -114,6 +120,7 @@ class Spool {
   // Commit batches flushed and messages committed since open (for tests
   // and metrics).
   uint64_t batches() const { return batches_.load(std::memory_order_relaxed); }
+  uint64_t commits() const { return commits_.load(std::memory_order_relaxed); }
 
   // Finishes pending commits and stops the flusher. Idempotent.
   void close();
@@ -133,6 +140,7 @@ class Spool {
   absl::StatusOr<std::pair<std::shared_ptr<Segment>, uint64_t>> reserve(uint64_t length);
   std::string next_id();
   void flusher_loop();
+  void gather_siblings(std::vector<Pending>& batch);
   void flush_batch(std::vector<Pending>& batch);
   void release_segments(const std::vector<Extent>& extents);
   void retire_segment_locked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(segments_mu_);
@@ -165,6 +173,7 @@ class Spool {
   std::atomic<uint64_t> messages_{0};
   std::atomic<uint64_t> in_flight_{0};
   std::atomic<uint64_t> batches_{0};
+  std::atomic<uint64_t> commits_{0};
   std::atomic<uint64_t> last_id_{0};
   std::atomic<bool> closed_{false};
 };
