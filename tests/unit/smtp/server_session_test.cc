@@ -25,6 +25,12 @@ SessionSettings plain() {
 
 std::string ready(Harness& h) { return h.run("EHLO client.test\r\n"); }
 
+// MAIL, RCPT and DATA, up to the 354.
+void open_data(Harness& h) {
+  EXPECT_THAT(h.run("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"),
+              ::testing::EndsWith("354 End data with <CR><LF>.<CR><LF>\r\n"));
+}
+
 TEST(Greeting, Is220WithHostname) {
   Harness h(plain());
   EXPECT_EQ(h.out, "220 mx.test ESMTP smtpd\r\n");
@@ -269,7 +275,7 @@ TEST(Data, BareLfEndsSession) {
                               "x\r\n.\r\r\n", "a\rb\r\n.\r\n"}) {
     Harness h(plain());
     ready(h);
-    h.run("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    open_data(h);
     const std::string r = h.run(smuggle);
     EXPECT_THAT(r, StartsWith("521 5.5.2")) << smuggle;
     EXPECT_TRUE(h.closed) << smuggle;
@@ -281,12 +287,12 @@ TEST(Data, BareLfEndsSession) {
 TEST(Data, NulAndLongLinesRefused) {
   Harness h(plain());
   ready(h);
-  h.run("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+  open_data(h);
   EXPECT_EQ(h.run(std::string("a\0b\r\n.\r\n", 8)), "554 5.6.0 Message contains NUL octets (RFC 5322 2.3)\r\n");
-  h.run("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+  open_data(h);
   EXPECT_EQ(h.run(std::string(999, 'x') + "\r\n.\r\n"),
             "554 5.6.0 Message has a line over 998 octets (RFC 5321 4.5.3.1.6)\r\n");
-  h.run("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+  open_data(h);
   EXPECT_EQ(h.run(std::string(998, 'x') + "\r\n.\r\n"), "250 2.0.0 Ok: queued as TESTID\r\n");
   EXPECT_EQ(h.commits, 1);
   EXPECT_EQ(h.aborts, 2);
@@ -295,7 +301,7 @@ TEST(Data, NulAndLongLinesRefused) {
 TEST(Data, TooBig) {
   Harness h(plain());
   ready(h);
-  h.run("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+  open_data(h);
   std::string body;
   for (int i = 0; i < 200; ++i) body += std::string(80, 'y') + "\r\n";
   EXPECT_EQ(h.run(body + ".\r\n"), "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
