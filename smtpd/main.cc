@@ -21,6 +21,7 @@
 #include "lib/config/config.h"
 #include "lib/net/auth.h"
 #include "lib/net/server.h"
+#include "lib/net/tls.h"
 #include "lib/observe/log.h"
 #include "lib/policy/policy.h"
 #include "lib/queue/spool.h"
@@ -229,6 +230,16 @@ int main(int argc, char** argv) {
     users = *std::move(db);
   }
   if (args.check) {
+    // Load the certificate and key too: a bad pair should fail here, before
+    // a deployment, not at start.
+    if (!cfg.tls_cert_file.empty()) {
+      auto ctx = smtpd::net::make_server_tls_context(cfg.tls_cert_file, cfg.tls_key_file, cfg.hostname);
+      if (!ctx.ok()) {
+        std::fprintf(stderr, "smtpd: config: %s\n", std::string(ctx.status().message()).c_str());
+        return 2;
+      }
+      SSL_CTX_free(*ctx);
+    }
     std::printf("config ok\n");
     return 0;
   }
