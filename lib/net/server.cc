@@ -147,6 +147,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void on_data_begin();
   awaitable<void> on_data_end();
   void on_data_abort();
+  void abandon_message(const smtp::Reply& reply, const smtp::Envelope& env);
   awaitable<void> on_auth();
   void log_transaction(const smtp::Reply& reply, const std::string& queue_id, bool accepted,
                        const smtp::Envelope& env);
@@ -355,12 +356,15 @@ awaitable<void> Connection::on_data_end() {
 }
 
 void Connection::on_data_abort() {
+  // The machine has reset its transaction; log the one that just ended.
+  abandon_message(machine_->last_reply(), machine_->last_envelope());
+}
+
+void Connection::abandon_message(const smtp::Reply& reply, const smtp::Envelope& env) {
   const std::string id = writer_ ? writer_->id() : std::string();
   ++transactions_;
-  // The machine has reset its transaction; log the one that just ended.
-  log_transaction(machine_->closed() ? smtp::Reply(421, "4.4.0", "session ended") : machine_->last_reply(), id,
-                  false, machine_->last_envelope());
-  writer_.reset();
+  log_transaction(reply, id, false, env);
+  writer_.reset();  // never acknowledged: its segment space is reclaimed
 }
 
 void Connection::log_transaction(const smtp::Reply& reply, const std::string& queue_id, bool accepted,
@@ -469,7 +473,10 @@ awaitable<void> Connection::run() {
         break;
     }
   }
-  if (writer_) on_data_abort();  // the client vanished mid-message: nothing acknowledged
+  if (writer_) {
+    // The client vanished mid-message: nothing was acknowledged.
+    abandon_message(smtp::Reply(421, "4.4.0", "connection lost during message data"), machine_->envelope());
+  }
   closed_ = true;
   timer_.cancel();
   socket_.close(ignored);

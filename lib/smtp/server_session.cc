@@ -88,10 +88,12 @@ bool split_params(std::string_view s, std::vector<Param>& out) {
         if (u < 33 || u == '=' || u == 127) return false;  // esmtp-value
       }
     }
+    // esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
     if (p.key.empty()) return false;
-    for (char c : p.key) {
+    for (size_t i = 0; i < p.key.size(); ++i) {
+      const char c = p.key[i];
       const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                      (c == '-' && &c != p.key.data());
+                      (c == '-' && i > 0);
       if (!ok) return false;
     }
     out.push_back(p);
@@ -137,7 +139,7 @@ EventKind ServerSession::close_with(int code, std::string_view enhanced, std::st
   reply(code, enhanced, text);
   chunk_.clear();
   if (data_started_) {
-    data_started_ = false;
+    abort_transaction(Reply(code, enhanced, text));
     mode_ = Mode::kClosing;
     return EventKind::kDataAbort;
   }
@@ -150,6 +152,13 @@ EventKind ServerSession::wait_for(Pending p, EventKind e) {
   resume_mode_ = mode_;
   mode_ = Mode::kWaitDecision;
   return e;
+}
+
+// Ends a transaction whose message was being stored: the driver sees
+// kDataAbort and logs last_reply()/last_envelope().
+void ServerSession::abort_transaction(const Reply& r) {
+  last_reply_ = r;
+  reset_transaction();
 }
 
 void ServerSession::reset_transaction() {
@@ -574,8 +583,7 @@ std::optional<EventKind> ServerSession::finish_message() {
     refuse = Reply(554, "5.6.0", "Message has a line over 998 octets (RFC 5321 4.5.3.1.6)");
   }
   if (!refuse) return wait_for(Pending::kDataEnd, EventKind::kDataEnd);
-  last_reply_ = *refuse;
-  reset_transaction();
+  abort_transaction(*refuse);
   if (error(refuse->code, refuse->enhanced, refuse->lines.front())) {
     mode_ = Mode::kClosing;  // the error budget is spent: kDataAbort, then kClose
   }
@@ -612,7 +620,7 @@ std::optional<EventKind> ServerSession::after_bdat_chunk() {
     const Reply r = *chunk_failed_;
     const bool had_data = data_started_;
     chunk_failed_.reset();
-    if (had_data) reset_transaction();
+    if (had_data) abort_transaction(r);
     if (auto e = error(r.code, r.enhanced, r.lines.front())) {
       if (!had_data) return e;
       mode_ = Mode::kClosing;
@@ -814,7 +822,7 @@ void ServerSession::end_session(const Reply& r) {
   chunk_.clear();
   pending_ = Pending::kNone;
   if (data_started_) {
-    data_started_ = false;
+    abort_transaction(r);
     abort_pending_ = true;
   }
   mode_ = Mode::kClosing;

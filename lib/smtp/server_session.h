@@ -150,6 +150,7 @@ class ServerSession {
   EventKind wait_for(Pending p, EventKind e);
   void end_session(const Reply& r);
   void reset_transaction();
+  void abort_transaction(const Reply& r);
   bool auth_offered() const;
   void compact_input();
 

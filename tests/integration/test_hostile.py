@@ -130,6 +130,9 @@ class LimitsTest(SmtpdTestCase):
         ev = self.server.wait_event("disconnect")
         rejected = [e for e in self.server.events("transaction") if e["result"] == "rejected"]
         self.assertEqual(len(rejected), 1)
+        self.assertEqual((rejected[0]["from"], rejected[0]["to"]), ("a@remote.test", ["bob@localhost"]))
+        self.assertIn("connection lost", rejected[0]["reply"])
+        self.assertGreater(rejected[0]["size"], 0)
         self.assertEqual(self.server.spool_ls(), [])
         # The server still serves.
         c = session(self.port())

@@ -152,6 +152,14 @@ TEST(Mail, Parameters) {
   EXPECT_TRUE(e.smtputf8);
 }
 
+TEST(Mail, ParameterKeywordGrammar) {
+  Harness h(plain());
+  ready(h);
+  EXPECT_EQ(h.run("MAIL FROM:<a@x.test> -SIZE=1\r\n"), "501 5.5.4 Syntax error in parameters\r\n");
+  EXPECT_EQ(h.run("MAIL FROM:<a@x.test> X_Y=1\r\n"), "501 5.5.4 Syntax error in parameters\r\n");
+  EXPECT_EQ(h.run("MAIL FROM:<a@x.test> X-Y=1\r\n"), "555 5.5.4 Unsupported MAIL parameter\r\n");
+}
+
 TEST(Mail, Utf8NeedsSmtputf8) {
   Harness h(plain());
   ready(h);
@@ -596,6 +604,23 @@ TEST(Ending, ShutdownMidData) {
   EXPECT_EQ(h.aborts, 1);
   EXPECT_EQ(h.commits, 0);
   EXPECT_TRUE(h.closed);
+}
+
+TEST(Ending, AbortedTransactionIsReported) {
+  // Whatever ends a message in progress, the driver can log the envelope
+  // and the reply of that transaction, not of an earlier one.
+  for (int how = 0; how < 3; ++how) {
+    Harness h(plain());
+    ready(h);
+    h.run("MAIL FROM:<first@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\n");
+    h.run("MAIL FROM:<second@x.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\npartial");
+    if (how == 0) h.session.timeout();
+    if (how == 1) h.session.shutdown();
+    h.run(how == 2 ? "bare\nLF" : "");
+    EXPECT_EQ(h.aborts, 1) << how;
+    EXPECT_EQ(h.session.last_envelope().sender.str(), "second@x.test") << how;
+    EXPECT_EQ(h.session.last_reply().code, how == 2 ? 521 : 421) << how;
+  }
 }
 
 TEST(Ending, FlushWhenOutputGrows) {
