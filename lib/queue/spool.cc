@@ -21,6 +21,7 @@ namespace smtpd::queue {
 namespace {
 
 constexpr char kMessagePrefix[] = "m/";
+constexpr char kStatePrefix[] = "s/";
 
 absl::Status errno_status(const std::string& what, int err) {
   const std::string msg = what + ": " + std::strerror(err);
@@ -425,9 +426,10 @@ absl::Status Spool::remove(const std::string& id) {
   if (!rec.ok()) return rec.status();
   rocksdb::WriteOptions wo;
   wo.sync = true;
-  if (absl::Status s = from_rocks(db_->Delete(wo, kMessagePrefix + id), "remove message"); !s.ok()) {
-    return s;
-  }
+  rocksdb::WriteBatch wb;
+  wb.Delete(kMessagePrefix + id);
+  wb.Delete(kStatePrefix + id);
+  if (absl::Status s = from_rocks(db_->Write(wo, &wb), "remove message"); !s.ok()) return s;
   messages_.fetch_sub(1);
   release_segments(rec->extents);
   return absl::OkStatus();
@@ -458,6 +460,25 @@ void Spool::retire_segment_locked(uint64_t id) {
 }
 
 absl::StatusOr<MessageRecord> Spool::get(const std::string& id) const { return get_record(db_, id); }
+
+absl::Status Spool::put_state(const std::string& id, std::string_view state) {
+  if (db_broken_.load()) return absl::UnavailableError("spool database failed earlier");
+  if (absl::Status s = check_space(); !s.ok()) return s;  // RocksDB must not meet a full disk
+  rocksdb::WriteOptions wo;
+  wo.sync = true;  // an outcome is durable before anything acts on it
+  const absl::Status s = from_rocks(db_->Put(wo, kStatePrefix + id, rocksdb::Slice(state.data(), state.size())),
+                                    "store delivery state");
+  if (!s.ok() && !db_broken_.exchange(true) && options_.on_fatal) options_.on_fatal(s);
+  return s;
+}
+
+absl::StatusOr<std::string> Spool::get_state(const std::string& id) const {
+  std::string value;
+  const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), kStatePrefix + id, &value);
+  if (s.IsNotFound()) return absl::NotFoundError("no state for " + id);
+  if (!s.ok()) return from_rocks(s, "read delivery state");
+  return value;
+}
 
 absl::StatusOr<std::string> Spool::read_body(const MessageRecord& record) const {
   std::string out;

@@ -108,8 +108,14 @@ class Spool {
   // (nothing was acknowledged). The record's id, size and extents are
   // filled in from the writer.
   void commit(std::unique_ptr<SpoolWriter> writer, MessageRecord record, CommitCallback done);
-  // Removes a message and releases its segment space.
+  // Removes a message (and its delivery state) and releases its segment
+  // space.
   absl::Status remove(const std::string& id);
+
+  // Delivery state of a message (opaque bytes, owned by the queue
+  // manager), stored durably next to its record.
+  absl::Status put_state(const std::string& id, std::string_view state);
+  absl::StatusOr<std::string> get_state(const std::string& id) const;  // NOT_FOUND: none yet
 
   absl::StatusOr<MessageRecord> get(const std::string& id) const;
   absl::StatusOr<std::string> read_body(const MessageRecord& record) const;

@@ -1,0 +1,141 @@
+// The delivery queue: an in-memory index of every message in the spool
+// with per-recipient state, and a scheduler that hands due recipients to
+// transports grouped by destination.
+//
+// - Due times live in a min-heap, so a tick never scans the whole queue.
+// - Each destination (route and domain) has a concurrency limit; jobs
+//   beyond it wait in that destination's FIFO.
+// - Deferred recipients retry with exponential backoff and jitter, capped
+//   at max_backoff, until the queue lifetime expires (then 4.4.7 failed).
+// - Every outcome is stored durably (Spool::put_state) before the queue
+//   acts on it. When all recipients are final, failed ones get a DSN to the
+//   sender (never for <>, and as NOTIFY allows), the DSN is committed as a
+//   new message, and only then does the original leave the spool.
+// - A message with too many Received headers fails at once (5.4.6 loop).
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <memory>
+#include <queue>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "lib/queue/delivery_types.h"
+#include "lib/queue/spool.h"
+
+namespace smtpd::queue {
+
+enum class RecipientStatus : uint8_t { kQueued = 0, kDeferred = 1, kDelivered = 2, kFailed = 3 };
+
+struct RecipientState {
+  RecipientStatus status = RecipientStatus::kQueued;
+  uint32_t attempts = 0;
+  int64_t next_attempt_ms = 0;  // unix milliseconds
+  std::string last_reply;       // summary of the last reply
+  std::string remote_host;
+  bool delay_warned = false;
+  bool final() const { return status == RecipientStatus::kDelivered || status == RecipientStatus::kFailed; }
+};
+
+std::string encode_states(const std::vector<RecipientState>& states);
+absl::StatusOr<std::vector<RecipientState>> decode_states(std::string_view bytes, size_t count);
+
+struct QueueOptions {
+  std::string hostname = "localhost";
+  std::chrono::milliseconds min_backoff{60000};
+  std::chrono::milliseconds max_backoff{3600000};
+  std::chrono::milliseconds lifetime{5LL * 24 * 3600 * 1000};
+  std::chrono::milliseconds delay_warning{0};  // 0: no delay warnings
+  int max_received = 50;
+  size_t per_destination = 20;
+  size_t total_in_flight = 200;
+  std::function<int64_t()> now_ms;  // unix milliseconds; the system clock if empty
+  uint64_t seed = 0;                // jitter; 0: random
+};
+
+struct QueueStats {
+  size_t messages = 0;
+  size_t in_flight = 0;
+  size_t waiting = 0;  // jobs waiting for a destination slot
+};
+
+class QueueManager {
+ public:
+  QueueManager(Spool& spool, Transport& transport, Router router, QueueOptions options);
+  ~QueueManager();
+
+  // Loads every message and its state from the spool (call before start).
+  absl::Status load();
+  // A message just committed (SMTP or another source): schedule it now.
+  void enqueue(const MessageRecord& record);
+  // Starts the scheduler thread; stop() waits for it (jobs in flight are
+  // not waited for: their outcomes are dropped and retried after restart,
+  // as at-least-once delivery allows).
+  void start();
+  void stop();
+  // Dispatches everything due now; returns how many jobs started. The
+  // scheduler thread calls it; tests with a fake clock call it directly.
+  size_t tick();
+  QueueStats stats();
+  // For tests and the control plane: the state of one message.
+  std::vector<RecipientState> states(const std::string& id);
+
+ private:
+  struct Entry {
+    MessageRecord record;
+    std::vector<RecipientState> states;
+    std::set<size_t> in_flight;  // recipient indexes handed to a transport
+  };
+  struct Job {
+    std::string destination;
+    DeliveryRequest request;
+  };
+  using Due = std::pair<int64_t, std::string>;  // (when, id)
+
+  int64_t now() const;
+  void schedule_locked(const std::string& id, int64_t when) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void plan_locked(const std::string& id, std::vector<Job>& jobs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void start_job(Job job);
+  void on_done(const std::string& destination, const std::string& id, std::vector<size_t> rcpts,
+               std::vector<AttemptOutcome> outcomes);
+  // Persists, then decides what next: retry, DSN, removal.
+  void settle(const std::string& id);
+  int64_t backoff_ms(uint32_t attempts);
+  bool loop_detected(const MessageRecord& r);
+  // Queues a DSN about `which` recipients; false when it could not be
+  // committed (the caller tries again later).
+  bool send_dsn(const Entry& e, bool delay_only, const std::vector<size_t>& which);
+  void scheduler_loop();
+
+  Spool& spool_;
+  Transport& transport_;
+  Router router_;
+  QueueOptions options_;
+
+  // Settling one message (persist, DSN, removal) must not interleave with
+  // another settle of the same message; they are short, so one lock
+  // serialises them all. Recursive: a DSN's enqueue may settle.
+  std::recursive_mutex settle_mu_;
+  absl::Mutex mu_;
+  std::map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  std::priority_queue<Due, std::vector<Due>, std::greater<Due>> due_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, size_t> active_ ABSL_GUARDED_BY(mu_);           // destination -> jobs running
+  std::map<std::string, std::deque<Job>> waiting_ ABSL_GUARDED_BY(mu_);  // destination -> jobs waiting
+  size_t total_active_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool wake_ ABSL_GUARDED_BY(mu_) = false;
+  std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;
+};
+
+}  // namespace smtpd::queue
