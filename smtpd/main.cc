@@ -9,7 +9,10 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
+#include <memory>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -24,6 +27,8 @@
 #include "lib/net/tls.h"
 #include "lib/observe/log.h"
 #include "lib/policy/policy.h"
+#include "lib/delivery/dispatcher.h"
+#include "lib/queue/queue_manager.h"
 #include "lib/queue/spool.h"
 
 extern char** environ;
@@ -201,6 +206,43 @@ smtpd::observe::Level parse_level(const std::string& s) {
   return Level::kInfo;
 }
 
+const char* status_name(smtpd::queue::RecipientStatus s) {
+  switch (s) {
+    case smtpd::queue::RecipientStatus::kQueued: return "queued";
+    case smtpd::queue::RecipientStatus::kDeferred: return "deferred";
+    case smtpd::queue::RecipientStatus::kDelivered: return "delivered";
+    case smtpd::queue::RecipientStatus::kFailed: return "failed";
+  }
+  return "unknown";
+}
+
+std::unique_ptr<smtpd::queue::QueueManager> make_queue(const smtpd::config::Config& cfg, smtpd::queue::Spool& spool,
+                                                        smtpd::queue::Transport& transport) {
+  smtpd::queue::QueueOptions qo;
+  qo.hostname = cfg.hostname;
+  qo.min_backoff = cfg.queue_min_backoff;
+  qo.max_backoff = cfg.queue_max_backoff;
+  qo.lifetime = cfg.queue_lifetime;
+  qo.delay_warning = cfg.queue_delay_warning;
+  qo.max_received = cfg.queue_max_received;
+  qo.per_destination = cfg.queue_per_destination;
+  qo.total_in_flight = cfg.queue_max_deliveries;
+  qo.on_attempt = [](const smtpd::queue::MessageRecord& r, size_t i, const std::string& route,
+                     const smtpd::queue::AttemptOutcome& o, const smtpd::queue::RecipientState& st) {
+    const int64_t now_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                               std::chrono::system_clock::now().time_since_epoch()).count();
+    LogLine(Level::kInfo, "delivery")
+        .add("queue_id", r.id).add("to", r.envelope.recipients[i].path.str()).add("route", route)
+        .add("remote_host", o.remote_host).add("status", status_name(st.status)).add("attempt", static_cast<uint64_t>(st.attempts))
+        .add("reply", o.reply.summary()).add("delay_s", static_cast<double>(now_us - r.arrival_unix_us) / 1e6).emit();
+  };
+  qo.on_dsn = [](const std::string& id, const std::string& dsn_id, const char* action) {
+    LogLine(Level::kInfo, "dsn").add("queue_id", id).add("dsn_queue_id", dsn_id).add("action", action).emit();
+  };
+  return std::make_unique<smtpd::queue::QueueManager>(
+      spool, transport, [&cfg](const std::string& domain) { return cfg.route_for(domain); }, qo);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -255,6 +297,11 @@ int main(int argc, char** argv) {
   so.max_messages = cfg.spool_max_messages;
   so.min_free_bytes = cfg.spool_min_free_bytes;
   so.commit_delay = cfg.spool_commit_delay;
+  // Every committed message goes to the delivery queue, once it exists.
+  std::atomic<smtpd::queue::QueueManager*> queue_ptr{nullptr};
+  so.on_committed = [&queue_ptr](const smtpd::queue::MessageRecord& r) {
+    if (auto* q = queue_ptr.load()) q->enqueue(r);
+  };
   so.on_fatal = [](const absl::Status& s) {
     // Every acknowledged message is durable; a restart recovers the
     // database. Mail in flight was never acknowledged and will be retried.
@@ -267,6 +314,18 @@ int main(int argc, char** argv) {
     return 1;
   }
   LogLine(Level::kInfo, "spool_recovered").add("path", cfg.spool_path).add("messages", (*spool)->message_count()).emit();
+  smtpd::delivery::RouteDispatcher dispatcher(**spool, cfg.hostname, static_cast<size_t>(cfg.delivery_threads));
+  auto queue = make_queue(cfg, **spool, dispatcher);
+  if (absl::Status s = queue->load(); !s.ok()) {
+    LogLine(Level::kError, "queue_load_failed").add("error", s.ToString()).emit();
+    return 1;
+  }
+  queue_ptr = queue.get();
+  if (cfg.delivery_paused) {
+    LogLine(Level::kWarn, "delivery_paused").add("messages", static_cast<uint64_t>(queue->stats().messages)).emit();
+  } else {
+    queue->start();
+  }
   smtpd::policy::PolicyStore policy(cfg.policy);
   smtpd::net::ServerDeps deps{&cfg, spool->get(), &policy, &users};
   int rc = 0;
@@ -279,6 +338,12 @@ int main(int argc, char** argv) {
       server.run();
     }
   }
+  // The queue stops handing out work, running deliveries finish (their
+  // outcomes are recorded), then nothing else touches the spool.
+  queue->stop();
+  dispatcher.stop();
+  queue_ptr = nullptr;
+  queue.reset();
   (*spool)->close();
   LogLine(Level::kInfo, "stopped").add("exit_code", rc).add("commits", (*spool)->commits())
       .add("commit_batches", (*spool)->batches()).emit();

@@ -46,6 +46,17 @@ policy:
 routes:
   localhost: "maildir:var/mail"
   "*": "mx"
+delivery:
+  paused: false
+  threads: 2
+queue:
+  min_backoff: 1m
+  max_backoff: 1h
+  lifetime: 5d
+  delay_warning: 0s
+  max_received: 50
+  per_destination: 20
+  max_deliveries: 200
 limits:
   max_connections: 10000
   max_connections_per_client: 100
@@ -56,6 +67,24 @@ limits:
 log:
   level: info
 )";
+
+// Route syntax (lib/delivery implements them): mx, maildir:PATH,
+// relay:HOST:PORT, lmtp:HOST:PORT.
+absl::Status delivery_route_check(const std::string& route) {
+  if (route == "mx") return absl::OkStatus();
+  if (route.rfind("maildir:", 0) == 0 && route.size() > 8) return absl::OkStatus();
+  for (const std::string scheme : {"relay:", "lmtp:"}) {
+    if (route.rfind(scheme, 0) != 0) continue;
+    const std::string rest = route.substr(scheme.size());
+    const size_t colon = rest.rfind(':');
+    const bool ok = colon != std::string::npos && colon > 0 && colon + 1 < rest.size() &&
+                    rest.find_first_not_of("0123456789", colon + 1) == std::string::npos &&
+                    std::stoul(rest.substr(colon + 1).substr(0, 6)) <= 65535;
+    if (ok) return absl::OkStatus();
+    return absl::InvalidArgumentError("'" + route + "' is not " + scheme + "HOST:PORT");
+  }
+  return absl::InvalidArgumentError("'" + route + "' is not one of mx, maildir:PATH, relay:HOST:PORT, lmtp:HOST:PORT");
+}
 
 // Keys whose children are free-form (the routes table).
 bool free_form(const std::string& path) { return path == "routes"; }
@@ -201,7 +230,8 @@ absl::StatusOr<std::chrono::milliseconds> duration(const YAML::Node& root, const
   else if (unit == "ms") ms = n;
   else if (unit == "m") ms = n * 60000;
   else if (unit == "h") ms = n * 3600000;
-  else return key_error(path, "'" + s + "' is not a duration (units: ms, s, m, h)");
+  else if (unit == "d") ms = n * 86400000;
+  else return key_error(path, "'" + s + "' is not a duration (units: ms, s, m, h, d)");
   return std::chrono::milliseconds(static_cast<int64_t>(ms));
 }
 
@@ -309,7 +339,30 @@ absl::Status convert(const YAML::Node& root, Config& c) {
   SMTPD_ASSIGN(c.auth_allow_plaintext, scalar<bool>(root, "auth.allow_plaintext"));
   if (absl::Status s = convert_policy(root, c); !s.ok()) return s;
   for (const auto& kv : root["routes"]) {
-    c.routes[kv.first.as<std::string>()] = kv.second.as<std::string>();
+    const std::string domain = policy::lower_ascii(kv.first.as<std::string>());
+    const std::string route = kv.second.IsScalar() ? kv.second.Scalar() : "";
+    if (absl::Status st = delivery_route_check(route); !st.ok()) {
+      return key_error("routes." + domain, std::string(st.message()));
+    }
+    c.routes[domain] = route;
+  }
+  if (!c.routes.count("*")) return key_error("routes", "needs a \"*\" entry for all other domains");
+  SMTPD_ASSIGN(c.delivery_paused, scalar<bool>(root, "delivery.paused"));
+  SMTPD_ASSIGN(c.delivery_threads, scalar<int>(root, "delivery.threads"));
+  if (c.delivery_threads < 1 || c.delivery_threads > 64) return key_error("delivery.threads", "must be 1..64");
+  SMTPD_ASSIGN(c.queue_min_backoff, duration(root, "queue.min_backoff"));
+  SMTPD_ASSIGN(c.queue_max_backoff, duration(root, "queue.max_backoff"));
+  if (c.queue_min_backoff.count() < 100 || c.queue_max_backoff < c.queue_min_backoff) {
+    return key_error("queue.max_backoff", "needs 100ms <= queue.min_backoff <= queue.max_backoff");
+  }
+  SMTPD_ASSIGN(c.queue_lifetime, duration(root, "queue.lifetime"));
+  SMTPD_ASSIGN(c.queue_delay_warning, duration(root, "queue.delay_warning"));
+  SMTPD_ASSIGN(c.queue_max_received, scalar<int>(root, "queue.max_received"));
+  if (c.queue_max_received < 10) return key_error("queue.max_received", "must be at least 10");
+  SMTPD_ASSIGN(c.queue_per_destination, scalar<uint64_t>(root, "queue.per_destination"));
+  SMTPD_ASSIGN(c.queue_max_deliveries, scalar<uint64_t>(root, "queue.max_deliveries"));
+  if (c.queue_per_destination < 1 || c.queue_max_deliveries < 1) {
+    return key_error("queue.per_destination", "queue.per_destination and queue.max_deliveries must be at least 1");
   }
   SMTPD_ASSIGN(c.max_connections, scalar<uint64_t>(root, "limits.max_connections"));
   SMTPD_ASSIGN(c.max_connections_per_client, scalar<uint64_t>(root, "limits.max_connections_per_client"));
@@ -326,6 +379,12 @@ absl::Status convert(const YAML::Node& root, Config& c) {
 }
 
 }  // namespace
+
+std::string Config::route_for(const std::string& domain) const {
+  auto it = routes.find(domain);
+  if (it != routes.end()) return it->second;
+  return routes.at("*");
+}
 
 absl::Status split_host_port(const std::string& address, std::string& host, uint16_t& port) {
   size_t colon;

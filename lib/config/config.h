@@ -43,6 +43,19 @@ struct Config {
   bool auth_allow_plaintext = false;
   policy::PolicySnapshot policy;
   std::map<std::string, std::string> routes;
+  // Delivery queue (issue 3).
+  bool delivery_paused = false;
+  int delivery_threads = 2;
+  std::chrono::milliseconds queue_min_backoff{60000};
+  std::chrono::milliseconds queue_max_backoff{3600000};
+  std::chrono::milliseconds queue_lifetime{5LL * 24 * 3600 * 1000};
+  std::chrono::milliseconds queue_delay_warning{0};
+  int queue_max_received = 50;
+  uint64_t queue_per_destination = 20;
+  uint64_t queue_max_deliveries = 200;
+
+  // The route for a recipient domain (lower case): exact match, else "*".
+  std::string route_for(const std::string& domain) const;
   uint64_t max_connections = 10000;
   uint64_t max_connections_per_client = 100;
   int max_errors = 20;

@@ -157,7 +157,7 @@ absl::Status QueueManager::load() {
 }
 
 bool QueueManager::loop_detected(const MessageRecord& r) {
-  auto body = spool_.read_body(r);
+  auto body = spool_.read_prefix(r, 256 * 1024);  // the headers are at the start
   if (!body.ok()) return false;
   const std::string_view headers = message::header_block(*body);
   int count = 0;
@@ -172,9 +172,14 @@ bool QueueManager::loop_detected(const MessageRecord& r) {
 }
 
 void QueueManager::enqueue(const MessageRecord& record) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (entries_.count(record.id)) return;  // already known (a DSN is announced twice)
+  }
   const bool loop = loop_detected(record);
   {
     absl::MutexLock lock(&mu_);
+    if (entries_.count(record.id)) return;
     Entry e;
     e.record = record;
     const int64_t t = now();
@@ -263,10 +268,11 @@ size_t QueueManager::tick() {
 void QueueManager::start_job(Job job) {
   const std::string destination = job.destination;
   const std::string id = job.request.record.id;
+  const std::string route = job.request.route;
   std::vector<size_t> rcpts = job.request.recipients;
   transport_.deliver(std::move(job.request),
-                     [this, destination, id, rcpts](std::vector<AttemptOutcome> outcomes) {
-                       on_done(destination, id, rcpts, std::move(outcomes));
+                     [this, destination, id, route, rcpts](std::vector<AttemptOutcome> outcomes) {
+                       on_done(destination, id, route, rcpts, std::move(outcomes));
                      });
 }
 
@@ -280,9 +286,11 @@ int64_t QueueManager::backoff_ms(uint32_t attempts) {
   return static_cast<int64_t>(b * jitter(rng_));
 }
 
-void QueueManager::on_done(const std::string& destination, const std::string& id, std::vector<size_t> rcpts,
-                           std::vector<AttemptOutcome> outcomes) {
+void QueueManager::on_done(const std::string& destination, const std::string& id, const std::string& route,
+                           std::vector<size_t> rcpts, std::vector<AttemptOutcome> outcomes) {
   std::optional<Job> next_job;
+  std::vector<std::pair<size_t, RecipientState>> observed;
+  MessageRecord record_copy;
   {
     absl::MutexLock lock(&mu_);
     --active_[destination];
@@ -320,8 +328,14 @@ void QueueManager::on_done(const std::string& destination, const std::string& id
           st.status = RecipientStatus::kDeferred;
           st.next_attempt_ms = t + backoff_ms(st.attempts);
         }
+        if (options_.on_attempt) observed.emplace_back(k, st);
       }
+      if (options_.on_attempt) record_copy = e.record;
     }
+  }
+  for (auto& [k, st] : observed) {
+    const AttemptOutcome o = k < outcomes.size() ? outcomes[k] : AttemptOutcome();
+    options_.on_attempt(record_copy, rcpts[k], route, o, st);
   }
   settle(id);
   if (next_job) start_job(std::move(*next_job));
@@ -443,6 +457,7 @@ bool QueueManager::send_dsn(const Entry& e, bool delay_only, const std::vector<s
   auto stored = spool_.get(**result);
   if (!stored.ok()) return false;
   l.unlock();
+  if (options_.on_dsn) options_.on_dsn(e.record.id, stored->id, delay_only ? "delayed" : "failed");
   enqueue(*stored);
   return true;
 }

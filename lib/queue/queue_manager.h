@@ -61,6 +61,12 @@ struct QueueOptions {
   size_t total_in_flight = 200;
   std::function<int64_t()> now_ms;  // unix milliseconds; the system clock if empty
   uint64_t seed = 0;                // jitter; 0: random
+  // Observers (logs, metrics): each attempt's outcome for one recipient,
+  // and each DSN queued (original id, DSN id, "failed" or "delayed").
+  std::function<void(const MessageRecord&, size_t recipient, const std::string& route, const AttemptOutcome&,
+                     const RecipientState&)>
+      on_attempt;
+  std::function<void(const std::string& id, const std::string& dsn_id, const char* action)> on_dsn;
 };
 
 struct QueueStats {
@@ -106,8 +112,8 @@ class QueueManager {
   void schedule_locked(const std::string& id, int64_t when) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void plan_locked(const std::string& id, std::vector<Job>& jobs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void start_job(Job job);
-  void on_done(const std::string& destination, const std::string& id, std::vector<size_t> rcpts,
-               std::vector<AttemptOutcome> outcomes);
+  void on_done(const std::string& destination, const std::string& id, const std::string& route,
+               std::vector<size_t> rcpts, std::vector<AttemptOutcome> outcomes);
   // Persists, then decides what next: retry, DSN, removal.
   void settle(const std::string& id);
   int64_t backoff_ms(uint32_t attempts);

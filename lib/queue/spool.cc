@@ -419,6 +419,9 @@ void Spool::flush_batch(std::vector<Pending>& batch) {
       p.done(status);
     }
   }
+  if (status.ok() && options_.on_committed) {
+    for (const Pending& p : batch) options_.on_committed(p.record);
+  }
 }
 
 absl::Status Spool::remove(const std::string& id) {
@@ -483,6 +486,23 @@ absl::StatusOr<std::string> Spool::get_state(const std::string& id) const {
 absl::StatusOr<std::string> Spool::read_body(const MessageRecord& record) const {
   std::string out;
   if (absl::Status s = read_extents(options_.path, record, out); !s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<std::string> Spool::read_prefix(const MessageRecord& record, size_t limit) const {
+  MessageRecord head = record;
+  head.extents.clear();
+  uint64_t left = limit;
+  for (const Extent& x : record.extents) {
+    if (left == 0) break;
+    Extent part = x;
+    part.length = std::min<uint64_t>(x.length, left);
+    left -= part.length;
+    head.extents.push_back(part);
+  }
+  head.size = limit - left;
+  std::string out;
+  if (absl::Status s = read_extents(options_.path, head, out); !s.ok()) return s;
   return out;
 }
 

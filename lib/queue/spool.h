@@ -59,6 +59,9 @@ struct SpoolOptions {
   // handle must not be used again (its WAL writer is in error), and the
   // process should restart; everything acknowledged is already durable.
   std::function<void(const absl::Status&)> on_fatal;
+  // Called on the flusher thread for every committed message, after its
+  // commit callback (the delivery queue takes it from here).
+  std::function<void(const MessageRecord&)> on_committed;
 };
 
 // One message body being received. Not thread-safe: owned by one session.
@@ -119,6 +122,8 @@ class Spool {
 
   absl::StatusOr<MessageRecord> get(const std::string& id) const;
   absl::StatusOr<std::string> read_body(const MessageRecord& record) const;
+  // At most `limit` octets from the start of the body (headers, mostly).
+  absl::StatusOr<std::string> read_prefix(const MessageRecord& record, size_t limit) const;
   // Calls fn for each message in id (arrival) order.
   absl::Status for_each(const std::function<void(const MessageRecord&)>& fn) const;
 

@@ -58,6 +58,11 @@ class Smtpd:
             "spool": {"path": self.spool},
             "auth": {"users_file": users_file},
             "policy": {"local_domains": ["localhost", "mx.test"]},
+            "routes": {"localhost": "maildir:" + os.path.join(self.dir, "mail"),
+                       "mx.test": "maildir:" + os.path.join(self.dir, "mail"), "*": "mx"},
+            # The receive-path tests inspect the spool: delivery stays off
+            # unless a test turns it on (delivery.paused=false).
+            "delivery": {"paused": True},
         }
         with open(self.config, "w") as f:
             json.dump(cfg, f)  # JSON is YAML

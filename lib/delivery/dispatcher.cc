@@ -1,0 +1,94 @@
+#include "lib/delivery/dispatcher.h"
+
+#include "absl/status/status.h"
+
+namespace smtpd::delivery {
+namespace {
+
+std::vector<queue::AttemptOutcome> all(size_t n, smtp::Reply r) {
+  return std::vector<queue::AttemptOutcome>(n, queue::AttemptOutcome::from_reply(std::move(r)));
+}
+
+}  // namespace
+
+RouteDispatcher::RouteDispatcher(const queue::Spool& spool, std::string hostname, size_t threads)
+    : spool_(spool), hostname_(std::move(hostname)) {
+  for (size_t i = 0; i < std::max<size_t>(1, threads); ++i) workers_.emplace_back([this] { worker(); });
+}
+
+RouteDispatcher::~RouteDispatcher() { stop(); }
+
+void RouteDispatcher::deliver(queue::DeliveryRequest request, queue::DeliveryCallback done) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!stopping_) {
+      tasks_.push_back(Task{std::move(request), std::move(done)});
+      cv_.notify_one();
+      return;
+    }
+  }
+  done(all(request.recipients.size(), smtp::Reply(421, "4.3.2", "delivery is shutting down")));
+}
+
+void RouteDispatcher::stop() {
+  std::deque<Task> dropped;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (stopping_ && workers_.empty()) return;
+    stopping_ = true;
+    dropped.swap(tasks_);
+    cv_.notify_all();
+  }
+  for (Task& t : dropped) {
+    t.done(all(t.request.recipients.size(), smtp::Reply(421, "4.3.2", "delivery is shutting down")));
+  }
+  for (std::thread& w : workers_) w.join();
+  workers_.clear();
+}
+
+void RouteDispatcher::worker() {
+  while (true) {
+    Task task;
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      cv_.wait(l, [this] { return stopping_ || !tasks_.empty(); });
+      if (tasks_.empty()) return;
+      task = std::move(tasks_.front());
+      tasks_.pop_front();
+    }
+    task.done(run(task.request));
+  }
+}
+
+std::vector<queue::AttemptOutcome> RouteDispatcher::run(const queue::DeliveryRequest& request) {
+  const std::string& route = request.route;
+  if (route.rfind("maildir:", 0) == 0) return run_maildir(route.substr(8), request);
+  // Issue 3's network transports are not built yet: say so, and keep the
+  // mail (4xx) until they are or the queue lifetime ends.
+  return all(request.recipients.size(),
+             smtp::Reply(451, "4.3.5", "route '" + route + "' has no transport in this build yet"));
+}
+
+std::vector<queue::AttemptOutcome> RouteDispatcher::run_maildir(const std::string& path,
+                                                                const queue::DeliveryRequest& request) {
+  auto body = spool_.read_body(request.record);
+  if (!body.ok()) {
+    return all(request.recipients.size(), smtp::Reply(451, "4.3.0", "cannot read the message from the spool"));
+  }
+  MaildirTransport maildir(path, hostname_);
+  std::vector<queue::AttemptOutcome> out;
+  const smtp::Envelope& env = request.record.envelope;
+  for (size_t i : request.recipients) {
+    const smtp::Recipient& r = env.recipients[i];
+    MaildirMessage m;
+    m.sender = env.sender.str();
+    m.recipient = r.path.str();
+    m.local_part = r.path.mailbox.local;
+    m.body = *body;
+    const DeliveryOutcome o = maildir.deliver(m);
+    out.push_back(queue::AttemptOutcome::from_reply(o.reply));
+  }
+  return out;
+}
+
+}  // namespace smtpd::delivery
