@@ -314,7 +314,16 @@ int main(int argc, char** argv) {
     return 1;
   }
   LogLine(Level::kInfo, "spool_recovered").add("path", cfg.spool_path).add("messages", (*spool)->message_count()).emit();
-  smtpd::delivery::RouteDispatcher dispatcher(**spool, cfg.hostname, static_cast<size_t>(cfg.delivery_threads));
+  smtpd::delivery::SmtpTransportOptions smtp_out;
+  smtp_out.helo_name = cfg.hostname;
+  smtp_out.tls = cfg.delivery_tls == "none"      ? smtpd::smtp::TlsPolicy::kNone
+                 : cfg.delivery_tls == "encrypt" ? smtpd::smtp::TlsPolicy::kEncrypt
+                 : cfg.delivery_tls == "verify"  ? smtpd::smtp::TlsPolicy::kVerify
+                                                 : smtpd::smtp::TlsPolicy::kMay;
+  smtp_out.relay_user = cfg.delivery_relay_user;
+  smtp_out.relay_password = cfg.delivery_relay_password;
+  smtpd::delivery::RouteDispatcher dispatcher(**spool, cfg.hostname, static_cast<size_t>(cfg.delivery_threads),
+                                              smtp_out);
   auto queue = make_queue(cfg, **spool, dispatcher);
   if (absl::Status s = queue->load(); !s.ok()) {
     LogLine(Level::kError, "queue_load_failed").add("error", s.ToString()).emit();

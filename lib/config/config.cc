@@ -49,6 +49,9 @@ routes:
 delivery:
   paused: false
   threads: 2
+  tls: may
+  relay_user: ""
+  relay_password: ""
 queue:
   min_backoff: 1m
   max_backoff: 1h
@@ -349,6 +352,12 @@ absl::Status convert(const YAML::Node& root, Config& c) {
   if (!c.routes.count("*")) return key_error("routes", "needs a \"*\" entry for all other domains");
   SMTPD_ASSIGN(c.delivery_paused, scalar<bool>(root, "delivery.paused"));
   SMTPD_ASSIGN(c.delivery_threads, scalar<int>(root, "delivery.threads"));
+  SMTPD_ASSIGN(c.delivery_tls, scalar<std::string>(root, "delivery.tls"));
+  if (c.delivery_tls != "none" && c.delivery_tls != "may" && c.delivery_tls != "encrypt" && c.delivery_tls != "verify") {
+    return key_error("delivery.tls", "'" + c.delivery_tls + "' is not one of none, may, encrypt, verify");
+  }
+  SMTPD_ASSIGN(c.delivery_relay_user, scalar<std::string>(root, "delivery.relay_user"));
+  SMTPD_ASSIGN(c.delivery_relay_password, scalar<std::string>(root, "delivery.relay_password"));
   if (c.delivery_threads < 1 || c.delivery_threads > 64) return key_error("delivery.threads", "must be 1..64");
   SMTPD_ASSIGN(c.queue_min_backoff, duration(root, "queue.min_backoff"));
   SMTPD_ASSIGN(c.queue_max_backoff, duration(root, "queue.max_backoff"));

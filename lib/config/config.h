@@ -46,6 +46,9 @@ struct Config {
   // Delivery queue (issue 3).
   bool delivery_paused = false;
   int delivery_threads = 2;
+  std::string delivery_tls = "may";  // none, may, encrypt, verify
+  std::string delivery_relay_user;
+  std::string delivery_relay_password;
   std::chrono::milliseconds queue_min_backoff{60000};
   std::chrono::milliseconds queue_max_backoff{3600000};
   std::chrono::milliseconds queue_lifetime{5LL * 24 * 3600 * 1000};

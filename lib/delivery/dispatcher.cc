@@ -11,8 +11,9 @@ std::vector<queue::AttemptOutcome> all(size_t n, smtp::Reply r) {
 
 }  // namespace
 
-RouteDispatcher::RouteDispatcher(const queue::Spool& spool, std::string hostname, size_t threads)
-    : spool_(spool), hostname_(std::move(hostname)) {
+RouteDispatcher::RouteDispatcher(const queue::Spool& spool, std::string hostname, size_t threads,
+                                 SmtpTransportOptions smtp)
+    : spool_(spool), hostname_(std::move(hostname)), smtp_(spool, std::move(smtp)) {
   for (size_t i = 0; i < std::max<size_t>(1, threads); ++i) workers_.emplace_back([this] { worker(); });
 }
 
@@ -21,6 +22,10 @@ RouteDispatcher::~RouteDispatcher() { stop(); }
 void RouteDispatcher::deliver(queue::DeliveryRequest request, queue::DeliveryCallback done) {
   {
     std::lock_guard<std::mutex> l(mu_);
+    if (!stopping_ && (request.route.rfind("relay:", 0) == 0 || request.route.rfind("lmtp:", 0) == 0)) {
+      smtp_.deliver(std::move(request), std::move(done));  // asynchronous: no worker thread needed
+      return;
+    }
     if (!stopping_) {
       tasks_.push_back(Task{std::move(request), std::move(done)});
       cv_.notify_one();
@@ -44,6 +49,7 @@ void RouteDispatcher::stop() {
   }
   for (std::thread& w : workers_) w.join();
   workers_.clear();
+  smtp_.stop();
 }
 
 void RouteDispatcher::worker() {
@@ -63,8 +69,8 @@ void RouteDispatcher::worker() {
 std::vector<queue::AttemptOutcome> RouteDispatcher::run(const queue::DeliveryRequest& request) {
   const std::string& route = request.route;
   if (route.rfind("maildir:", 0) == 0) return run_maildir(route.substr(8), request);
-  // Issue 3's network transports are not built yet: say so, and keep the
-  // mail (4xx) until they are or the queue lifetime ends.
+  // DNS MX routing (issue 3) is not built yet: say so, and keep the mail
+  // (4xx) until it is or the queue lifetime ends.
   return all(request.recipients.size(),
              smtp::Reply(451, "4.3.5", "route '" + route + "' has no transport in this build yet"));
 }

@@ -2,10 +2,10 @@
 // route's scheme and runs blocking deliveries (Maildir: file writes and
 // fsync) on its own worker threads, never on the queue's or an I/O thread.
 //
-// Routes: "maildir:PATH" delivers locally. "relay:HOST:PORT",
-// "lmtp:HOST:PORT" and "mx" are the network transports of issue 3 that
-// are not built yet: their recipients are deferred with a reply that says
-// so (never dropped silently), and will be delivered once they exist.
+// Routes: "maildir:PATH" delivers locally; "relay:HOST:PORT" and
+// "lmtp:HOST:PORT" go through SmtpTransport. "mx" (DNS MX routing) is not
+// built yet: its recipients are deferred with a reply that says so (never
+// dropped silently), until it exists or the queue lifetime ends.
 #pragma once
 
 #include <condition_variable>
@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "lib/delivery/maildir.h"
+#include "lib/delivery/smtp_transport.h"
 #include "lib/queue/delivery_types.h"
 #include "lib/queue/spool.h"
 
@@ -26,7 +27,7 @@ namespace smtpd::delivery {
 
 class RouteDispatcher : public queue::Transport {
  public:
-  RouteDispatcher(const queue::Spool& spool, std::string hostname, size_t threads);
+  RouteDispatcher(const queue::Spool& spool, std::string hostname, size_t threads, SmtpTransportOptions smtp);
   ~RouteDispatcher() override;
 
   void deliver(queue::DeliveryRequest request, queue::DeliveryCallback done) override;
@@ -50,6 +51,7 @@ class RouteDispatcher : public queue::Transport {
   std::deque<Task> tasks_;
   bool stopping_ = false;
   std::vector<std::thread> workers_;
+  SmtpTransport smtp_;
 };
 
 }  // namespace smtpd::delivery

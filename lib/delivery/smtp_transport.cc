@@ -1,0 +1,276 @@
+#include "lib/delivery/smtp_transport.h"
+
+#include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
+#include <optional>
+#include <thread>
+
+namespace smtpd::delivery {
+
+namespace asio = boost::asio;
+namespace ssl = boost::asio::ssl;
+using tcp = asio::ip::tcp;
+using asio::awaitable;
+using asio::use_awaitable;
+using boost::system::error_code;
+
+struct SmtpTransport::Impl {
+  Impl(const queue::Spool& s, SmtpTransportOptions o)
+      : spool(s), options(std::move(o)), guard(asio::make_work_guard(ioc)), tls(ssl::context::tls_client) {
+    tls.set_options(ssl::context::no_compression);
+    SSL_CTX_set_min_proto_version(tls.native_handle(), TLS1_2_VERSION);
+    if (options.tls == smtp::TlsPolicy::kVerify) {
+      tls.set_default_verify_paths();
+      tls.set_verify_mode(ssl::verify_peer);
+    } else {
+      tls.set_verify_mode(ssl::verify_none);  // opportunistic TLS encrypts, it does not authenticate (RFC 7435)
+    }
+    thread = std::thread([this] { ioc.run(); });
+  }
+
+  const queue::Spool& spool;
+  SmtpTransportOptions options;
+  asio::io_context ioc{1};
+  asio::executor_work_guard<asio::io_context::executor_type> guard;
+  ssl::context tls;
+  std::thread thread;
+};
+
+namespace {
+
+constexpr size_t kBodyChunk = 64 * 1024;
+
+// One delivery: a connection, a client session, one message.
+class Delivery : public std::enable_shared_from_this<Delivery> {
+ public:
+  Delivery(SmtpTransport::Impl& t, queue::DeliveryRequest req, queue::DeliveryCallback done)
+      : t_(t), socket_(t.ioc), timer_(t.ioc), req_(std::move(req)), done_(std::move(done)),
+        session_(settings()) {}
+
+  awaitable<void> run();
+  // Answers whatever is still owed (an exception or a stop).
+  void finish_all(const smtp::Reply& r) {
+    finish(std::vector<queue::AttemptOutcome>(req_.recipients.size(), queue::AttemptOutcome::from_reply(r, host_)));
+  }
+
+ private:
+  smtp::ClientSettings settings() const {
+    smtp::ClientSettings s;
+    s.helo_name = t_.options.helo_name;
+    s.lmtp = req_.route.rfind("lmtp:", 0) == 0;
+    s.tls = t_.options.tls;
+    if (!s.lmtp) {
+      s.auth_user = t_.options.relay_user;
+      s.auth_password = t_.options.relay_password;
+    }
+    return s;
+  }
+  smtp::OutboundMessage outbound(uint64_t size) const;
+  awaitable<bool> connect(const std::string& host, const std::string& port);
+  awaitable<bool> flush();
+  awaitable<bool> read_more();
+  awaitable<bool> handshake();
+  void arm(int seconds);
+  void finish(std::vector<queue::AttemptOutcome> outcomes);
+
+  SmtpTransport::Impl& t_;
+  tcp::socket socket_;
+  asio::steady_timer timer_;
+  std::unique_ptr<ssl::stream<tcp::socket&>> tls_;
+  queue::DeliveryRequest req_;
+  queue::DeliveryCallback done_;
+  smtp::ClientSession session_;
+  std::string host_;
+  bool timed_out_ = false;
+  char buffer_[16384];
+};
+
+void Delivery::arm(int seconds) {
+  timed_out_ = false;
+  timer_.expires_after(std::chrono::seconds(seconds));
+  timer_.async_wait([self = shared_from_this()](error_code ec) {
+    if (ec) return;  // re-armed or cancelled
+    self->timed_out_ = true;
+    error_code ignored;
+    self->socket_.cancel(ignored);
+  });
+}
+
+void Delivery::finish(std::vector<queue::AttemptOutcome> outcomes) {
+  if (!done_) return;
+  auto done = std::move(done_);
+  done_ = nullptr;
+  done(std::move(outcomes));
+}
+
+smtp::OutboundMessage Delivery::outbound(uint64_t size) const {
+  const smtp::Envelope& env = req_.record.envelope;
+  smtp::OutboundMessage m;
+  m.sender = env.sender;
+  for (size_t i : req_.recipients) m.recipients.push_back(env.recipients[i]);
+  m.size = size;
+  m.eight_bit = env.body == smtp::BodyType::k8BitMime;
+  m.smtputf8 = env.smtputf8;
+  m.ret = env.ret;
+  m.envid = env.envid;
+  return m;
+}
+
+awaitable<bool> Delivery::connect(const std::string& host, const std::string& port) {
+  tcp::resolver resolver(socket_.get_executor());
+  arm(t_.options.connect_timeout_seconds);
+  auto [rec, endpoints] = co_await resolver.async_resolve(host, port, asio::as_tuple(use_awaitable));
+  if (rec) {
+    timer_.cancel();
+    finish_all(smtp::Reply(451, "4.4.3", "cannot resolve " + host + ": " + rec.message()));
+    co_return false;
+  }
+  auto [cec, ep] = co_await asio::async_connect(socket_, endpoints, asio::as_tuple(use_awaitable));
+  timer_.cancel();
+  if (cec) {
+    finish_all(smtp::Reply(451, "4.4.1", "connect to " + host + ":" + port + ": " +
+                                             (timed_out_ ? std::string("timed out") : cec.message())));
+    co_return false;
+  }
+  error_code ignored;
+  socket_.set_option(tcp::no_delay(true), ignored);
+  co_return true;
+}
+
+awaitable<bool> Delivery::flush() {
+  std::string& out = session_.output();
+  if (out.empty()) co_return true;
+  arm(300);
+  error_code ec;
+  if (tls_) {
+    std::tie(ec, std::ignore) = co_await asio::async_write(*tls_, asio::buffer(out), asio::as_tuple(use_awaitable));
+  } else {
+    std::tie(ec, std::ignore) = co_await asio::async_write(socket_, asio::buffer(out), asio::as_tuple(use_awaitable));
+  }
+  timer_.cancel();
+  out.clear();
+  co_return !ec;
+}
+
+awaitable<bool> Delivery::read_more() {
+  arm(session_.timeout_seconds());
+  error_code ec;
+  size_t n = 0;
+  if (tls_) {
+    std::tie(ec, n) = co_await tls_->async_read_some(asio::buffer(buffer_), asio::as_tuple(use_awaitable));
+  } else {
+    std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(buffer_), asio::as_tuple(use_awaitable));
+  }
+  timer_.cancel();
+  if (ec) co_return false;
+  session_.feed(std::string_view(buffer_, n));
+  co_return true;
+}
+
+awaitable<bool> Delivery::handshake() {
+  tls_ = std::make_unique<ssl::stream<tcp::socket&>>(socket_, t_.tls);
+  SSL_set_tlsext_host_name(tls_->native_handle(), host_.c_str());  // SNI
+  if (t_.options.tls == smtp::TlsPolicy::kVerify) {
+    tls_->set_verify_callback(ssl::host_name_verification(host_));
+  }
+  arm(60);
+  auto [ec] = co_await tls_->async_handshake(ssl::stream_base::client, asio::as_tuple(use_awaitable));
+  timer_.cancel();
+  co_return !ec;
+}
+
+awaitable<void> Delivery::run() {
+  auto self = shared_from_this();
+  const std::string target = req_.route.substr(req_.route.find(':') + 1);  // HOST:PORT
+  const size_t colon = target.rfind(':');
+  host_ = target.substr(0, colon);
+  if (!co_await connect(host_, target.substr(colon + 1))) co_return;
+  auto body = t_.spool.read_body(req_.record);
+  if (!body.ok()) {
+    finish_all(smtp::Reply(451, "4.3.0", "cannot read the message from the spool"));
+    co_return;
+  }
+  size_t body_pos = 0;
+  bool sent = false;
+  while (true) {
+    const smtp::ClientEvent e = session_.next();
+    switch (e) {
+      case smtp::ClientEvent::kNeedInput:
+        if (!co_await flush() || !co_await read_more()) {
+          finish_all(smtp::Reply(451, "4.4.2", std::string(timed_out_ ? "timed out" : "connection lost") +
+                                                   " talking to " + host_));
+          co_return;
+        }
+        break;
+      case smtp::ClientEvent::kStartTls:
+        if (!co_await flush() || !co_await handshake()) {
+          finish_all(smtp::Reply(451, "4.7.5", "TLS handshake with " + host_ + " failed"));
+          co_return;
+        }
+        session_.tls_started();
+        break;
+      case smtp::ClientEvent::kReady:
+        if (sent) {
+          session_.quit();
+        } else {
+          sent = true;
+          session_.send(outbound(body->size()));
+        }
+        break;
+      case smtp::ClientEvent::kBody: {
+        const size_t n = std::min(kBodyChunk, body->size() - body_pos);
+        session_.body(std::string_view(*body).substr(body_pos, n), body_pos + n >= body->size());
+        body_pos += n;
+        if (!co_await flush()) {
+          finish_all(smtp::Reply(451, "4.4.2", "connection lost sending to " + host_));
+          co_return;
+        }
+        break;
+      }
+      case smtp::ClientEvent::kTransactionDone: {
+        std::vector<queue::AttemptOutcome> out;
+        for (const smtp::Reply& r : session_.results()) out.push_back(queue::AttemptOutcome::from_reply(r, host_));
+        finish(std::move(out));
+        break;  // kReady follows: QUIT
+      }
+      case smtp::ClientEvent::kFailed: {
+        std::vector<queue::AttemptOutcome> out;
+        for (const smtp::Reply& r : session_.results()) out.push_back(queue::AttemptOutcome::from_reply(r, host_));
+        if (out.size() != req_.recipients.size()) {
+          finish_all(session_.session_error());
+        } else {
+          finish(std::move(out));
+        }
+        co_await flush();
+        co_return;
+      }
+      case smtp::ClientEvent::kClosed:
+        co_await flush();
+        co_return;
+    }
+  }
+}
+
+}  // namespace
+
+SmtpTransport::SmtpTransport(const queue::Spool& spool, SmtpTransportOptions options)
+    : impl_(std::make_unique<Impl>(spool, std::move(options))) {}
+
+SmtpTransport::~SmtpTransport() { stop(); }
+
+void SmtpTransport::deliver(queue::DeliveryRequest request, queue::DeliveryCallback done) {
+  auto d = std::make_shared<Delivery>(*impl_, std::move(request), std::move(done));
+  asio::co_spawn(impl_->ioc, d->run(), [d](std::exception_ptr e) {
+    // Whatever happened, every recipient gets an answer exactly once.
+    d->finish_all(smtp::Reply(451, "4.3.0", e ? "delivery failed unexpectedly" : "delivery ended without a result"));
+  });
+}
+
+void SmtpTransport::stop() {
+  if (!impl_->thread.joinable()) return;
+  impl_->guard.reset();
+  impl_->ioc.stop();  // deliveries in flight are destroyed unanswered: retried after restart
+  impl_->thread.join();
+}
+
+}  // namespace smtpd::delivery
