@@ -322,6 +322,8 @@ int main(int argc, char** argv) {
                                                  : smtpd::smtp::TlsPolicy::kMay;
   smtp_out.relay_user = cfg.delivery_relay_user;
   smtp_out.relay_password = cfg.delivery_relay_password;
+  smtp_out.dns_servers = cfg.delivery_dns_servers;
+  smtp_out.mx_port = std::to_string(cfg.delivery_mx_port);
   smtpd::delivery::RouteDispatcher dispatcher(**spool, cfg.hostname, static_cast<size_t>(cfg.delivery_threads),
                                               smtp_out);
   auto queue = make_queue(cfg, **spool, dispatcher);

@@ -52,6 +52,8 @@ delivery:
   tls: may
   relay_user: ""
   relay_password: ""
+  dns_servers: []
+  mx_port: 25
 queue:
   min_backoff: 1m
   max_backoff: 1h
@@ -358,6 +360,15 @@ absl::Status convert(const YAML::Node& root, Config& c) {
   }
   SMTPD_ASSIGN(c.delivery_relay_user, scalar<std::string>(root, "delivery.relay_user"));
   SMTPD_ASSIGN(c.delivery_relay_password, scalar<std::string>(root, "delivery.relay_password"));
+  SMTPD_ASSIGN(c.delivery_dns_servers, string_list(root, "delivery.dns_servers"));
+  for (const std::string& server : c.delivery_dns_servers) {
+    std::string host;
+    uint16_t port;
+    if (!split_host_port(server, host, port).ok()) {
+      return key_error("delivery.dns_servers", "'" + server + "' is not ip:port");
+    }
+  }
+  SMTPD_ASSIGN(c.delivery_mx_port, scalar<uint16_t>(root, "delivery.mx_port"));
   if (c.delivery_threads < 1 || c.delivery_threads > 64) return key_error("delivery.threads", "must be 1..64");
   SMTPD_ASSIGN(c.queue_min_backoff, duration(root, "queue.min_backoff"));
   SMTPD_ASSIGN(c.queue_max_backoff, duration(root, "queue.max_backoff"));

@@ -49,6 +49,8 @@ struct Config {
   std::string delivery_tls = "may";  // none, may, encrypt, verify
   std::string delivery_relay_user;
   std::string delivery_relay_password;
+  std::vector<std::string> delivery_dns_servers;  // "ip:port"; empty: /etc/resolv.conf
+  uint16_t delivery_mx_port = 25;
   std::chrono::milliseconds queue_min_backoff{60000};
   std::chrono::milliseconds queue_max_backoff{3600000};
   std::chrono::milliseconds queue_lifetime{5LL * 24 * 3600 * 1000};

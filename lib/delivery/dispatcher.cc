@@ -1,5 +1,7 @@
 #include "lib/delivery/dispatcher.h"
 
+#include <random>
+
 #include "absl/status/status.h"
 
 namespace smtpd::delivery {
@@ -13,7 +15,8 @@ std::vector<queue::AttemptOutcome> all(size_t n, smtp::Reply r) {
 
 RouteDispatcher::RouteDispatcher(const queue::Spool& spool, std::string hostname, size_t threads,
                                  SmtpTransportOptions smtp)
-    : spool_(spool), hostname_(std::move(hostname)), smtp_(spool, std::move(smtp)) {
+    : spool_(spool), hostname_(std::move(hostname)), resolver_(smtp.dns_servers), mx_port_(smtp.mx_port),
+      smtp_(spool, std::move(smtp)) {
   for (size_t i = 0; i < std::max<size_t>(1, threads); ++i) workers_.emplace_back([this] { worker(); });
 }
 
@@ -62,17 +65,61 @@ void RouteDispatcher::worker() {
       task = std::move(tasks_.front());
       tasks_.pop_front();
     }
+    if (task.request.route == "mx") {
+      // DNS here, on a worker thread; the SMTP conversation is asynchronous.
+      smtp::Reply error;
+      auto targets = mx_targets(task.request.domain, error);
+      if (targets.empty()) {
+        task.done(all(task.request.recipients.size(), error));
+      } else {
+        smtp_.deliver_to(std::move(task.request), std::move(targets), std::move(task.done));
+      }
+      continue;
+    }
     task.done(run(task.request));
   }
+}
+
+std::vector<SmtpTransport::Target> RouteDispatcher::mx_targets(const std::string& domain, smtp::Reply& error) {
+  const MxAnswer mx = resolver_.mx(domain, std::random_device{}());
+  switch (mx.status) {
+    case MxAnswer::Status::kNullMx:
+      error = smtp::Reply(556, "5.1.10", "domain " + domain + " accepts no mail (null MX, RFC 7505)");
+      return {};
+    case MxAnswer::Status::kNoDomain:
+      error = smtp::Reply(550, "5.4.4", "host or domain name not found: " + mx.error);
+      return {};
+    case MxAnswer::Status::kTemporary:
+      error = smtp::Reply(451, "4.4.3", mx.error);
+      return {};
+    case MxAnswer::Status::kOk:
+      break;
+  }
+  std::vector<SmtpTransport::Target> targets;
+  bool any_temporary = false;
+  std::string last;
+  for (const std::string& host : mx.hosts) {
+    bool temporary = false;
+    std::string why;
+    for (const std::string& addr : resolver_.addresses(host, why, temporary)) {
+      targets.push_back(SmtpTransport::Target{host, addr, mx_port_});
+    }
+    if (!why.empty()) {
+      any_temporary = any_temporary || temporary;
+      last = why;
+    }
+  }
+  if (targets.empty()) {
+    error = any_temporary ? smtp::Reply(451, "4.4.3", last)
+                          : smtp::Reply(550, "5.4.4", "no address for the mail hosts of " + domain + ": " + last);
+  }
+  return targets;
 }
 
 std::vector<queue::AttemptOutcome> RouteDispatcher::run(const queue::DeliveryRequest& request) {
   const std::string& route = request.route;
   if (route.rfind("maildir:", 0) == 0) return run_maildir(route.substr(8), request);
-  // DNS MX routing (issue 3) is not built yet: say so, and keep the mail
-  // (4xx) until it is or the queue lifetime ends.
-  return all(request.recipients.size(),
-             smtp::Reply(451, "4.3.5", "route '" + route + "' has no transport in this build yet"));
+  return all(request.recipients.size(), smtp::Reply(451, "4.3.5", "route '" + route + "' is not known"));
 }
 
 std::vector<queue::AttemptOutcome> RouteDispatcher::run_maildir(const std::string& path,

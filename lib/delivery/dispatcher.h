@@ -3,9 +3,9 @@
 // fsync) on its own worker threads, never on the queue's or an I/O thread.
 //
 // Routes: "maildir:PATH" delivers locally; "relay:HOST:PORT" and
-// "lmtp:HOST:PORT" go through SmtpTransport. "mx" (DNS MX routing) is not
-// built yet: its recipients are deferred with a reply that says so (never
-// dropped silently), until it exists or the queue lifetime ends.
+// "lmtp:HOST:PORT" go through SmtpTransport; "mx" looks up the domain's MX
+// hosts (DNS on a worker thread) and hands SmtpTransport the addresses to
+// try in order.
 #pragma once
 
 #include <condition_variable>
@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "lib/delivery/dns.h"
 #include "lib/delivery/maildir.h"
 #include "lib/delivery/smtp_transport.h"
 #include "lib/queue/delivery_types.h"
@@ -43,6 +44,8 @@ class RouteDispatcher : public queue::Transport {
   void worker();
   std::vector<queue::AttemptOutcome> run(const queue::DeliveryRequest& request);
   std::vector<queue::AttemptOutcome> run_maildir(const std::string& path, const queue::DeliveryRequest& request);
+  // Resolves the MX targets; an empty list comes with the reply to give.
+  std::vector<SmtpTransport::Target> mx_targets(const std::string& domain, smtp::Reply& error);
 
   const queue::Spool& spool_;
   std::string hostname_;
@@ -51,6 +54,8 @@ class RouteDispatcher : public queue::Transport {
   std::deque<Task> tasks_;
   bool stopping_ = false;
   std::vector<std::thread> workers_;
+  Resolver resolver_;
+  std::string mx_port_;
   SmtpTransport smtp_;
 };
 

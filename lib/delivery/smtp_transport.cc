@@ -40,12 +40,13 @@ namespace {
 
 constexpr size_t kBodyChunk = 64 * 1024;
 
-// One delivery: a connection, a client session, one message.
+// One delivery: one message to one or more candidate servers.
 class Delivery : public std::enable_shared_from_this<Delivery> {
  public:
-  Delivery(SmtpTransport::Impl& t, queue::DeliveryRequest req, queue::DeliveryCallback done)
-      : t_(t), socket_(t.ioc), timer_(t.ioc), req_(std::move(req)), done_(std::move(done)),
-        session_(settings()) {}
+  Delivery(SmtpTransport::Impl& t, queue::DeliveryRequest req, std::vector<SmtpTransport::Target> targets,
+           queue::DeliveryCallback done)
+      : t_(t), socket_(t.ioc), timer_(t.ioc), req_(std::move(req)), targets_(std::move(targets)),
+        done_(std::move(done)) {}
 
   awaitable<void> run();
   // Answers whatever is still owed (an exception or a stop).
@@ -54,33 +55,40 @@ class Delivery : public std::enable_shared_from_this<Delivery> {
   }
 
  private:
+  // How one conversation ended.
+  enum class Ended { kAnswered, kTryNext };
+
   smtp::ClientSettings settings() const {
     smtp::ClientSettings s;
     s.helo_name = t_.options.helo_name;
     s.lmtp = req_.route.rfind("lmtp:", 0) == 0;
     s.tls = t_.options.tls;
-    if (!s.lmtp) {
+    if (req_.route.rfind("relay:", 0) == 0) {
       s.auth_user = t_.options.relay_user;
       s.auth_password = t_.options.relay_password;
     }
     return s;
   }
   smtp::OutboundMessage outbound(uint64_t size) const;
-  awaitable<bool> connect(const std::string& host, const std::string& port);
+  awaitable<std::optional<smtp::Reply>> connect(const SmtpTransport::Target& target);
+  awaitable<Ended> converse(const std::string& body);
   awaitable<bool> flush();
   awaitable<bool> read_more();
   awaitable<bool> handshake();
   void arm(int seconds);
   void finish(std::vector<queue::AttemptOutcome> outcomes);
+  void finish_results();
 
   SmtpTransport::Impl& t_;
   tcp::socket socket_;
   asio::steady_timer timer_;
   std::unique_ptr<ssl::stream<tcp::socket&>> tls_;
   queue::DeliveryRequest req_;
+  std::vector<SmtpTransport::Target> targets_;
   queue::DeliveryCallback done_;
-  smtp::ClientSession session_;
+  std::optional<smtp::ClientSession> session_;
   std::string host_;
+  smtp::Reply last_error_;
   bool timed_out_ = false;
   char buffer_[16384];
 };
@@ -103,6 +111,16 @@ void Delivery::finish(std::vector<queue::AttemptOutcome> outcomes) {
   done(std::move(outcomes));
 }
 
+void Delivery::finish_results() {
+  std::vector<queue::AttemptOutcome> out;
+  for (const smtp::Reply& r : session_->results()) out.push_back(queue::AttemptOutcome::from_reply(r, host_));
+  if (out.size() != req_.recipients.size()) {
+    finish_all(session_->session_error());
+  } else {
+    finish(std::move(out));
+  }
+}
+
 smtp::OutboundMessage Delivery::outbound(uint64_t size) const {
   const smtp::Envelope& env = req_.record.envelope;
   smtp::OutboundMessage m;
@@ -116,29 +134,27 @@ smtp::OutboundMessage Delivery::outbound(uint64_t size) const {
   return m;
 }
 
-awaitable<bool> Delivery::connect(const std::string& host, const std::string& port) {
+awaitable<std::optional<smtp::Reply>> Delivery::connect(const SmtpTransport::Target& target) {
   tcp::resolver resolver(socket_.get_executor());
   arm(t_.options.connect_timeout_seconds);
-  auto [rec, endpoints] = co_await resolver.async_resolve(host, port, asio::as_tuple(use_awaitable));
+  auto [rec, endpoints] = co_await resolver.async_resolve(target.address, target.port, asio::as_tuple(use_awaitable));
   if (rec) {
     timer_.cancel();
-    finish_all(smtp::Reply(451, "4.4.3", "cannot resolve " + host + ": " + rec.message()));
-    co_return false;
+    co_return smtp::Reply(451, "4.4.3", "cannot resolve " + target.address + ": " + rec.message());
   }
   auto [cec, ep] = co_await asio::async_connect(socket_, endpoints, asio::as_tuple(use_awaitable));
   timer_.cancel();
   if (cec) {
-    finish_all(smtp::Reply(451, "4.4.1", "connect to " + host + ":" + port + ": " +
-                                             (timed_out_ ? std::string("timed out") : cec.message())));
-    co_return false;
+    co_return smtp::Reply(451, "4.4.1", "connect to " + target.address + ":" + target.port + ": " +
+                                            (timed_out_ ? std::string("timed out") : cec.message()));
   }
   error_code ignored;
   socket_.set_option(tcp::no_delay(true), ignored);
-  co_return true;
+  co_return std::nullopt;
 }
 
 awaitable<bool> Delivery::flush() {
-  std::string& out = session_.output();
+  std::string& out = session_->output();
   if (out.empty()) co_return true;
   arm(300);
   error_code ec;
@@ -153,7 +169,7 @@ awaitable<bool> Delivery::flush() {
 }
 
 awaitable<bool> Delivery::read_more() {
-  arm(session_.timeout_seconds());
+  arm(session_->timeout_seconds());
   error_code ec;
   size_t n = 0;
   if (tls_) {
@@ -163,7 +179,7 @@ awaitable<bool> Delivery::read_more() {
   }
   timer_.cancel();
   if (ec) co_return false;
-  session_.feed(std::string_view(buffer_, n));
+  session_->feed(std::string_view(buffer_, n));
   co_return true;
 }
 
@@ -179,76 +195,90 @@ awaitable<bool> Delivery::handshake() {
   co_return !ec;
 }
 
+// One conversation. Before MAIL nothing is at stake, so trouble there lets
+// the caller try the next server; after it, the outcome stands (a lost
+// connection defers, never "delivered").
+awaitable<Delivery::Ended> Delivery::converse(const std::string& body) {
+  size_t body_pos = 0;
+  bool sent = false;
+  while (true) {
+    switch (session_->next()) {
+      case smtp::ClientEvent::kNeedInput:
+        if (!co_await flush() || !co_await read_more()) {
+          last_error_ = smtp::Reply(451, "4.4.2", std::string(timed_out_ ? "timed out" : "connection lost") +
+                                                      " talking to " + host_);
+          if (!sent) co_return Ended::kTryNext;
+          finish_all(last_error_);
+          co_return Ended::kAnswered;
+        }
+        break;
+      case smtp::ClientEvent::kStartTls:
+        if (!co_await flush() || !co_await handshake()) {
+          last_error_ = smtp::Reply(451, "4.7.5", "TLS handshake with " + host_ + " failed");
+          co_return Ended::kTryNext;
+        }
+        session_->tls_started();
+        break;
+      case smtp::ClientEvent::kReady:
+        if (sent) {
+          session_->quit();
+        } else {
+          sent = true;
+          session_->send(outbound(body.size()));
+        }
+        break;
+      case smtp::ClientEvent::kBody: {
+        const size_t n = std::min(kBodyChunk, body.size() - body_pos);
+        session_->body(std::string_view(body).substr(body_pos, n), body_pos + n >= body.size());
+        body_pos += n;
+        if (!co_await flush()) {
+          last_error_ = smtp::Reply(451, "4.4.2", "connection lost sending to " + host_);
+          finish_all(last_error_);
+          co_return Ended::kAnswered;
+        }
+        break;
+      }
+      case smtp::ClientEvent::kTransactionDone:
+        finish_results();
+        break;  // kReady follows: QUIT
+      case smtp::ClientEvent::kFailed:
+        co_await flush();
+        if (!sent) {
+          last_error_ = session_->session_error();
+          co_return Ended::kTryNext;
+        }
+        finish_results();
+        co_return Ended::kAnswered;
+      case smtp::ClientEvent::kClosed:
+        co_await flush();
+        co_return Ended::kAnswered;
+    }
+  }
+}
+
 awaitable<void> Delivery::run() {
   auto self = shared_from_this();
-  const std::string target = req_.route.substr(req_.route.find(':') + 1);  // HOST:PORT
-  const size_t colon = target.rfind(':');
-  host_ = target.substr(0, colon);
-  if (!co_await connect(host_, target.substr(colon + 1))) co_return;
   auto body = t_.spool.read_body(req_.record);
   if (!body.ok()) {
     finish_all(smtp::Reply(451, "4.3.0", "cannot read the message from the spool"));
     co_return;
   }
-  size_t body_pos = 0;
-  bool sent = false;
-  while (true) {
-    const smtp::ClientEvent e = session_.next();
-    switch (e) {
-      case smtp::ClientEvent::kNeedInput:
-        if (!co_await flush() || !co_await read_more()) {
-          finish_all(smtp::Reply(451, "4.4.2", std::string(timed_out_ ? "timed out" : "connection lost") +
-                                                   " talking to " + host_));
-          co_return;
-        }
-        break;
-      case smtp::ClientEvent::kStartTls:
-        if (!co_await flush() || !co_await handshake()) {
-          finish_all(smtp::Reply(451, "4.7.5", "TLS handshake with " + host_ + " failed"));
-          co_return;
-        }
-        session_.tls_started();
-        break;
-      case smtp::ClientEvent::kReady:
-        if (sent) {
-          session_.quit();
-        } else {
-          sent = true;
-          session_.send(outbound(body->size()));
-        }
-        break;
-      case smtp::ClientEvent::kBody: {
-        const size_t n = std::min(kBodyChunk, body->size() - body_pos);
-        session_.body(std::string_view(*body).substr(body_pos, n), body_pos + n >= body->size());
-        body_pos += n;
-        if (!co_await flush()) {
-          finish_all(smtp::Reply(451, "4.4.2", "connection lost sending to " + host_));
-          co_return;
-        }
-        break;
-      }
-      case smtp::ClientEvent::kTransactionDone: {
-        std::vector<queue::AttemptOutcome> out;
-        for (const smtp::Reply& r : session_.results()) out.push_back(queue::AttemptOutcome::from_reply(r, host_));
-        finish(std::move(out));
-        break;  // kReady follows: QUIT
-      }
-      case smtp::ClientEvent::kFailed: {
-        std::vector<queue::AttemptOutcome> out;
-        for (const smtp::Reply& r : session_.results()) out.push_back(queue::AttemptOutcome::from_reply(r, host_));
-        if (out.size() != req_.recipients.size()) {
-          finish_all(session_.session_error());
-        } else {
-          finish(std::move(out));
-        }
-        co_await flush();
-        co_return;
-      }
-      case smtp::ClientEvent::kClosed:
-        co_await flush();
-        co_return;
+  last_error_ = smtp::Reply(451, "4.4.1", "no server to try");
+  for (const SmtpTransport::Target& target : targets_) {
+    host_ = target.name;
+    if (socket_.is_open()) {
+      error_code ignored;
+      socket_.close(ignored);
     }
+    tls_.reset();
+    session_.emplace(settings());
+    if (auto err = co_await connect(target)) {
+      last_error_ = *err;
+      continue;
+    }
+    if (co_await converse(*body) == Ended::kAnswered) co_return;
   }
+  finish_all(last_error_);  // every server failed before a transaction
 }
 
 }  // namespace
@@ -259,7 +289,15 @@ SmtpTransport::SmtpTransport(const queue::Spool& spool, SmtpTransportOptions opt
 SmtpTransport::~SmtpTransport() { stop(); }
 
 void SmtpTransport::deliver(queue::DeliveryRequest request, queue::DeliveryCallback done) {
-  auto d = std::make_shared<Delivery>(*impl_, std::move(request), std::move(done));
+  const std::string target = request.route.substr(request.route.find(':') + 1);  // HOST:PORT
+  const size_t colon = target.rfind(':');
+  const std::string host = target.substr(0, colon);
+  deliver_to(std::move(request), {Target{host, host, target.substr(colon + 1)}}, std::move(done));
+}
+
+void SmtpTransport::deliver_to(queue::DeliveryRequest request, std::vector<Target> targets,
+                               queue::DeliveryCallback done) {
+  auto d = std::make_shared<Delivery>(*impl_, std::move(request), std::move(targets), std::move(done));
   asio::co_spawn(impl_->ioc, d->run(), [d](std::exception_ptr e) {
     // Whatever happened, every recipient gets an answer exactly once.
     d->finish_all(smtp::Reply(451, "4.3.0", e ? "delivery failed unexpectedly" : "delivery ended without a result"));

@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "lib/queue/delivery_types.h"
 #include "lib/queue/spool.h"
@@ -21,6 +22,10 @@ struct SmtpTransportOptions {
   std::string relay_user;       // AUTH for relay: routes; empty: none
   std::string relay_password;
   int connect_timeout_seconds = 30;
+  // MX routing: DNS servers ("ip:port"; empty: /etc/resolv.conf) and the
+  // port MX hosts are reached on (25; tests use a free port).
+  std::vector<std::string> dns_servers;
+  std::string mx_port = "25";
 };
 
 class SmtpTransport {
@@ -29,6 +34,18 @@ class SmtpTransport {
   ~SmtpTransport();
   // route is "relay:HOST:PORT" or "lmtp:HOST:PORT". Never blocks.
   void deliver(queue::DeliveryRequest request, queue::DeliveryCallback done);
+
+  // One server to try: its name (for SNI, certificate checks and DSNs),
+  // and an address or name to connect to.
+  struct Target {
+    std::string name;
+    std::string address;
+    std::string port;
+  };
+  // Tries the targets in order (MX hosts and their addresses): the next
+  // one only when a target could not be reached or refused the session
+  // before any transaction. Never blocks.
+  void deliver_to(queue::DeliveryRequest request, std::vector<Target> targets, queue::DeliveryCallback done);
   // Cancels deliveries in flight (they report 4.3.2 and are retried) and
   // joins the I/O thread.
   void stop();

@@ -1,7 +1,6 @@
 """Delivery from the queue: local Maildir delivery read back with Python's
 mailbox module, bounces (RFC 3464 DSNs) parsed with Python's email
-package, no DSN for a null sender, and routes whose transport is missing
-deferred with a clear reply."""
+package, no DSN for a null sender, paused delivery."""
 import email
 import email.policy
 import mailbox
@@ -81,19 +80,6 @@ class LocalDeliveryTest(DeliveryTestCase):
         self.assertEqual(self.server.events("dsn"), [])
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "mail")) and
                          any(self.messages(n) for n in os.listdir(os.path.join(self.tmp, "mail"))))
-
-
-class MissingTransportTest(DeliveryTestCase):
-    settings = {**DeliveryTestCase.settings, "policy.relay_domains": "far.test"}
-
-    def test_route_without_transport_is_deferred_and_kept(self):
-        with smtplib.SMTP("127.0.0.1", self.port(), timeout=10) as s:
-            s.sendmail("alice@localhost", ["x@far.test"], b"Subject: far\r\n\r\nx\r\n")
-        self.wait_for(lambda: len(self.server.events("delivery")) >= 2)  # retried with backoff
-        first = self.server.events("delivery")[0]
-        self.assertEqual(first["status"], "deferred")
-        self.assertEqual(first["reply"], "451 4.3.5 route 'mx' has no transport in this build yet")
-        self.assertEqual(len(self.server.spool_ls()), 1)  # kept, not dropped
 
 
 class PausedTest(SmtpdTestCase):
