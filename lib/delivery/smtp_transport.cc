@@ -89,6 +89,7 @@ class Delivery : public std::enable_shared_from_this<Delivery> {
   std::optional<smtp::ClientSession> session_;
   std::string host_;
   smtp::Reply last_error_;
+  std::string tls_error_;
   bool timed_out_ = false;
   char buffer_[16384];
 };
@@ -192,6 +193,13 @@ awaitable<bool> Delivery::handshake() {
   arm(60);
   auto [ec] = co_await tls_->async_handshake(ssl::stream_base::client, asio::as_tuple(use_awaitable));
   timer_.cancel();
+  if (ec) {
+    // Say why: a certificate that does not verify is the usual reason.
+    const long verify = SSL_get_verify_result(tls_->native_handle());
+    tls_error_ = verify != X509_V_OK ? std::string("certificate verification failed: ") +
+                                           X509_verify_cert_error_string(verify)
+                                     : ec.message();
+  }
   co_return !ec;
 }
 
@@ -214,7 +222,7 @@ awaitable<Delivery::Ended> Delivery::converse(const std::string& body) {
         break;
       case smtp::ClientEvent::kStartTls:
         if (!co_await flush() || !co_await handshake()) {
-          last_error_ = smtp::Reply(451, "4.7.5", "TLS handshake with " + host_ + " failed");
+          last_error_ = smtp::Reply(451, "4.7.5", "TLS handshake with " + host_ + " failed: " + tls_error_);
           co_return Ended::kTryNext;
         }
         session_->tls_started();

@@ -52,8 +52,9 @@ class QueueTest : public ::testing::Test {
     o.commit_delay = std::chrono::microseconds(0);
     spool_ = *Spool::open(o);
   }
-  void make_queue() {
+  void make_queue(std::chrono::milliseconds delay_warning = std::chrono::milliseconds(0)) {
     QueueOptions o;
+    o.delay_warning = delay_warning;
     o.hostname = "mx.test";
     o.now_ms = [this] { return now_ms_; };
     o.seed = 42;
@@ -277,6 +278,33 @@ TEST_F(QueueTest, BackoffGrowsAndIsCapped) {
     now_ms_ += wait;
     if (now_ms_ - m.arrival_unix_us / 1000 > 3000000) break;  // stay inside the lifetime
   }
+}
+
+TEST_F(QueueTest, OneDelayWarningThenDelivery) {
+  make_queue(std::chrono::minutes(10));
+  const MessageRecord m = commit({"bob@y.test"});
+  queue_->enqueue(m);
+  int warnings = 0;
+  for (int round = 0; round < 40; ++round) {
+    if (queue_->tick() == 0) {
+      now_ms_ += 60000;
+      continue;
+    }
+    // Answer the original with 4xx; a DSN job (to alice) is accepted.
+    const bool is_dsn = transport_.calls.front().request.record.envelope.sender.null;
+    if (is_dsn) {
+      ++warnings;
+      const std::string body = *spool_->read_body(transport_.calls.front().request.record);
+      EXPECT_THAT(body, HasSubstr("Action: delayed\r\nStatus: 4.2.1\r\n"));
+      EXPECT_THAT(body, HasSubstr("Subject: Delayed Mail (still being retried)"));
+      transport_.answer(smtp::Reply(250, "2.0.0", "ok"));
+    } else {
+      transport_.answer(smtp::Reply(451, "4.2.1", "busy"));
+    }
+  }
+  EXPECT_EQ(warnings, 1);
+  EXPECT_EQ(queue_->states(m.id)[0].status, RecipientStatus::kDeferred);
+  EXPECT_TRUE(queue_->states(m.id)[0].delay_warned);
 }
 
 TEST(States, RoundTrip) {
