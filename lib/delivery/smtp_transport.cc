@@ -2,6 +2,7 @@
 
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
+#include <map>
 #include <optional>
 #include <thread>
 
@@ -34,19 +35,34 @@ struct SmtpTransport::Impl {
   asio::executor_work_guard<asio::io_context::executor_type> guard;
   ssl::context tls;
   std::thread thread;
+
+  // Idle connections by destination, for the next message (connection
+  // reuse). Used on the I/O thread only.
+  struct Connection {
+    explicit Connection(asio::io_context& ioc, smtp::ClientSettings settings)
+        : socket(ioc), session(std::move(settings)) {}
+    tcp::socket socket;
+    std::unique_ptr<ssl::stream<tcp::socket&>> tls;
+    smtp::ClientSession session;
+    std::chrono::steady_clock::time_point idle_since;
+  };
+  std::map<std::string, std::vector<std::shared_ptr<Connection>>> idle;
+  static constexpr auto kIdleLimit = std::chrono::seconds(5);
+  static constexpr size_t kIdlePerDestination = 32;
 };
 
 namespace {
 
 constexpr size_t kBodyChunk = 64 * 1024;
 
+using Connection = SmtpTransport::Impl::Connection;
+
 // One delivery: one message to one or more candidate servers.
 class Delivery : public std::enable_shared_from_this<Delivery> {
  public:
   Delivery(SmtpTransport::Impl& t, queue::DeliveryRequest req, std::vector<SmtpTransport::Target> targets,
            queue::DeliveryCallback done)
-      : t_(t), socket_(t.ioc), timer_(t.ioc), req_(std::move(req)), targets_(std::move(targets)),
-        done_(std::move(done)) {}
+      : t_(t), timer_(t.ioc), req_(std::move(req)), targets_(std::move(targets)), done_(std::move(done)) {}
 
   awaitable<void> run();
   // Answers whatever is still owed (an exception or a stop).
@@ -69,9 +85,14 @@ class Delivery : public std::enable_shared_from_this<Delivery> {
     }
     return s;
   }
+  std::string pool_key(const SmtpTransport::Target& target) const {
+    return req_.route + "|" + target.address + "|" + target.port;
+  }
+  std::shared_ptr<Connection> take_idle(const std::string& key);
+  void park(const std::string& key);
   smtp::OutboundMessage outbound(uint64_t size) const;
   awaitable<std::optional<smtp::Reply>> connect(const SmtpTransport::Target& target);
-  awaitable<Ended> converse(const std::string& body);
+  awaitable<Ended> converse(const std::string& body, const std::string& key);
   awaitable<bool> flush();
   awaitable<bool> read_more();
   awaitable<bool> handshake();
@@ -80,28 +101,50 @@ class Delivery : public std::enable_shared_from_this<Delivery> {
   void finish_results();
 
   SmtpTransport::Impl& t_;
-  tcp::socket socket_;
   asio::steady_timer timer_;
-  std::unique_ptr<ssl::stream<tcp::socket&>> tls_;
+  std::shared_ptr<Connection> conn_;
   queue::DeliveryRequest req_;
   std::vector<SmtpTransport::Target> targets_;
   queue::DeliveryCallback done_;
-  std::optional<smtp::ClientSession> session_;
   std::string host_;
   smtp::Reply last_error_;
   std::string tls_error_;
   bool timed_out_ = false;
+  bool parked_ = false;
   char buffer_[16384];
 };
+
+std::shared_ptr<Connection> Delivery::take_idle(const std::string& key) {
+  auto it = t_.idle.find(key);
+  if (it == t_.idle.end()) return nullptr;
+  auto& list = it->second;
+  const auto now = std::chrono::steady_clock::now();
+  while (!list.empty()) {
+    std::shared_ptr<Connection> c = std::move(list.back());
+    list.pop_back();
+    if (now - c->idle_since < SmtpTransport::Impl::kIdleLimit && c->socket.is_open()) return c;
+    error_code ignored;
+    c->socket.close(ignored);  // stale: the server has likely timed it out
+  }
+  return nullptr;
+}
+
+void Delivery::park(const std::string& key) {
+  auto& list = t_.idle[key];
+  if (list.size() >= SmtpTransport::Impl::kIdlePerDestination) return;  // closed when conn_ goes
+  conn_->idle_since = std::chrono::steady_clock::now();
+  list.push_back(conn_);
+  parked_ = true;
+}
 
 void Delivery::arm(int seconds) {
   timed_out_ = false;
   timer_.expires_after(std::chrono::seconds(seconds));
   timer_.async_wait([self = shared_from_this()](error_code ec) {
-    if (ec) return;  // re-armed or cancelled
+    if (ec || !self->conn_) return;  // re-armed or cancelled
     self->timed_out_ = true;
     error_code ignored;
-    self->socket_.cancel(ignored);
+    self->conn_->socket.cancel(ignored);
   });
 }
 
@@ -114,9 +157,9 @@ void Delivery::finish(std::vector<queue::AttemptOutcome> outcomes) {
 
 void Delivery::finish_results() {
   std::vector<queue::AttemptOutcome> out;
-  for (const smtp::Reply& r : session_->results()) out.push_back(queue::AttemptOutcome::from_reply(r, host_));
+  for (const smtp::Reply& r : conn_->session.results()) out.push_back(queue::AttemptOutcome::from_reply(r, host_));
   if (out.size() != req_.recipients.size()) {
-    finish_all(session_->session_error());
+    finish_all(conn_->session.session_error());
   } else {
     finish(std::move(out));
   }
@@ -136,33 +179,34 @@ smtp::OutboundMessage Delivery::outbound(uint64_t size) const {
 }
 
 awaitable<std::optional<smtp::Reply>> Delivery::connect(const SmtpTransport::Target& target) {
-  tcp::resolver resolver(socket_.get_executor());
+  tcp::resolver resolver(t_.ioc);
   arm(t_.options.connect_timeout_seconds);
   auto [rec, endpoints] = co_await resolver.async_resolve(target.address, target.port, asio::as_tuple(use_awaitable));
   if (rec) {
     timer_.cancel();
     co_return smtp::Reply(451, "4.4.3", "cannot resolve " + target.address + ": " + rec.message());
   }
-  auto [cec, ep] = co_await asio::async_connect(socket_, endpoints, asio::as_tuple(use_awaitable));
+  auto [cec, ep] = co_await asio::async_connect(conn_->socket, endpoints, asio::as_tuple(use_awaitable));
   timer_.cancel();
   if (cec) {
     co_return smtp::Reply(451, "4.4.1", "connect to " + target.address + ":" + target.port + ": " +
                                             (timed_out_ ? std::string("timed out") : cec.message()));
   }
   error_code ignored;
-  socket_.set_option(tcp::no_delay(true), ignored);
+  conn_->socket.set_option(tcp::no_delay(true), ignored);
   co_return std::nullopt;
 }
 
 awaitable<bool> Delivery::flush() {
-  std::string& out = session_->output();
+  std::string& out = conn_->session.output();
   if (out.empty()) co_return true;
   arm(300);
   error_code ec;
-  if (tls_) {
-    std::tie(ec, std::ignore) = co_await asio::async_write(*tls_, asio::buffer(out), asio::as_tuple(use_awaitable));
+  if (conn_->tls) {
+    std::tie(ec, std::ignore) = co_await asio::async_write(*conn_->tls, asio::buffer(out), asio::as_tuple(use_awaitable));
   } else {
-    std::tie(ec, std::ignore) = co_await asio::async_write(socket_, asio::buffer(out), asio::as_tuple(use_awaitable));
+    std::tie(ec, std::ignore) =
+        co_await asio::async_write(conn_->socket, asio::buffer(out), asio::as_tuple(use_awaitable));
   }
   timer_.cancel();
   out.clear();
@@ -170,32 +214,32 @@ awaitable<bool> Delivery::flush() {
 }
 
 awaitable<bool> Delivery::read_more() {
-  arm(session_->timeout_seconds());
+  arm(conn_->session.timeout_seconds());
   error_code ec;
   size_t n = 0;
-  if (tls_) {
-    std::tie(ec, n) = co_await tls_->async_read_some(asio::buffer(buffer_), asio::as_tuple(use_awaitable));
+  if (conn_->tls) {
+    std::tie(ec, n) = co_await conn_->tls->async_read_some(asio::buffer(buffer_), asio::as_tuple(use_awaitable));
   } else {
-    std::tie(ec, n) = co_await socket_.async_read_some(asio::buffer(buffer_), asio::as_tuple(use_awaitable));
+    std::tie(ec, n) = co_await conn_->socket.async_read_some(asio::buffer(buffer_), asio::as_tuple(use_awaitable));
   }
   timer_.cancel();
   if (ec) co_return false;
-  session_->feed(std::string_view(buffer_, n));
+  conn_->session.feed(std::string_view(buffer_, n));
   co_return true;
 }
 
 awaitable<bool> Delivery::handshake() {
-  tls_ = std::make_unique<ssl::stream<tcp::socket&>>(socket_, t_.tls);
-  SSL_set_tlsext_host_name(tls_->native_handle(), host_.c_str());  // SNI
+  conn_->tls = std::make_unique<ssl::stream<tcp::socket&>>(conn_->socket, t_.tls);
+  SSL_set_tlsext_host_name(conn_->tls->native_handle(), host_.c_str());  // SNI
   if (t_.options.tls == smtp::TlsPolicy::kVerify) {
-    tls_->set_verify_callback(ssl::host_name_verification(host_));
+    conn_->tls->set_verify_callback(ssl::host_name_verification(host_));
   }
   arm(60);
-  auto [ec] = co_await tls_->async_handshake(ssl::stream_base::client, asio::as_tuple(use_awaitable));
+  auto [ec] = co_await conn_->tls->async_handshake(ssl::stream_base::client, asio::as_tuple(use_awaitable));
   timer_.cancel();
   if (ec) {
     // Say why: a certificate that does not verify is the usual reason.
-    const long verify = SSL_get_verify_result(tls_->native_handle());
+    const long verify = SSL_get_verify_result(conn_->tls->native_handle());
     tls_error_ = verify != X509_V_OK ? std::string("certificate verification failed: ") +
                                            X509_verify_cert_error_string(verify)
                                      : ec.message();
@@ -204,13 +248,14 @@ awaitable<bool> Delivery::handshake() {
 }
 
 // One conversation. Before MAIL nothing is at stake, so trouble there lets
-// the caller try the next server; after it, the outcome stands (a lost
+// the caller try again elsewhere; after it, the outcome stands (a lost
 // connection defers, never "delivered").
-awaitable<Delivery::Ended> Delivery::converse(const std::string& body) {
+awaitable<Delivery::Ended> Delivery::converse(const std::string& body, const std::string& key) {
   size_t body_pos = 0;
   bool sent = false;
+  smtp::ClientSession& session = conn_->session;
   while (true) {
-    switch (session_->next()) {
+    switch (session.next()) {
       case smtp::ClientEvent::kNeedInput:
         if (!co_await flush() || !co_await read_more()) {
           last_error_ = smtp::Reply(451, "4.4.2", std::string(timed_out_ ? "timed out" : "connection lost") +
@@ -225,19 +270,21 @@ awaitable<Delivery::Ended> Delivery::converse(const std::string& body) {
           last_error_ = smtp::Reply(451, "4.7.5", "TLS handshake with " + host_ + " failed: " + tls_error_);
           co_return Ended::kTryNext;
         }
-        session_->tls_started();
+        session.tls_started();
         break;
       case smtp::ClientEvent::kReady:
         if (sent) {
-          session_->quit();
+          park(key);  // kept for the next message to this destination
+          if (parked_) co_return Ended::kAnswered;
+          session.quit();
         } else {
           sent = true;
-          session_->send(outbound(body.size()));
+          session.send(outbound(body.size()));
         }
         break;
       case smtp::ClientEvent::kBody: {
         const size_t n = std::min(kBodyChunk, body.size() - body_pos);
-        session_->body(std::string_view(body).substr(body_pos, n), body_pos + n >= body.size());
+        session.body(std::string_view(body).substr(body_pos, n), body_pos + n >= body.size());
         body_pos += n;
         if (!co_await flush()) {
           last_error_ = smtp::Reply(451, "4.4.2", "connection lost sending to " + host_);
@@ -248,11 +295,11 @@ awaitable<Delivery::Ended> Delivery::converse(const std::string& body) {
       }
       case smtp::ClientEvent::kTransactionDone:
         finish_results();
-        break;  // kReady follows: QUIT
+        break;  // kReady follows: park or QUIT
       case smtp::ClientEvent::kFailed:
         co_await flush();
         if (!sent) {
-          last_error_ = session_->session_error();
+          last_error_ = session.session_error();
           co_return Ended::kTryNext;
         }
         finish_results();
@@ -274,18 +321,34 @@ awaitable<void> Delivery::run() {
   last_error_ = smtp::Reply(451, "4.4.1", "no server to try");
   for (const SmtpTransport::Target& target : targets_) {
     host_ = target.name;
-    if (socket_.is_open()) {
+    const std::string key = pool_key(target);
+    // A parked connection first; if it has died meanwhile, a fresh one to
+    // the same server (nothing was at stake on the old one).
+    for (int fresh = 0; fresh < 2; ++fresh) {
+      conn_ = fresh == 0 ? take_idle(key) : nullptr;
+      if (fresh == 0 && !conn_) continue;
+      if (!conn_) {
+        conn_ = std::make_shared<Connection>(t_.ioc, settings());
+        if (auto err = co_await connect(target)) {
+          last_error_ = *err;
+          break;  // next target
+        }
+      }
+      const Ended ended = co_await converse(*body, key);
+      if (ended == Ended::kAnswered) {
+        if (!parked_) {
+          error_code ignored;
+          conn_->socket.close(ignored);
+        }
+        conn_.reset();
+        co_return;
+      }
       error_code ignored;
-      socket_.close(ignored);
+      conn_->socket.close(ignored);
+      if (fresh == 1) break;  // a fresh connection failed too: next target
     }
-    tls_.reset();
-    session_.emplace(settings());
-    if (auto err = co_await connect(target)) {
-      last_error_ = *err;
-      continue;
-    }
-    if (co_await converse(*body) == Ended::kAnswered) co_return;
   }
+  conn_.reset();
   finish_all(last_error_);  // every server failed before a transaction
 }
 

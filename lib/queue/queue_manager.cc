@@ -351,7 +351,11 @@ void QueueManager::settle(const std::string& id) {
     copy = it->second;
   }
   Entry& e = *copy;
-  if (absl::Status s = spool_.put_state(id, encode_states(e.states)); !s.ok()) {
+  // When every recipient is delivered, the removal below is the record of
+  // it: no state write needed (the common case costs one delete).
+  bool all_delivered = e.in_flight.empty();
+  for (const RecipientState& st : e.states) all_delivered = all_delivered && st.status == RecipientStatus::kDelivered;
+  if (absl::Status s = all_delivered ? absl::OkStatus() : spool_.put_state(id, encode_states(e.states)); !s.ok()) {
     absl::MutexLock lock(&mu_);  // try again later; nothing was lost
     schedule_locked(id, now() + options_.min_backoff.count());
     return;

@@ -11,7 +11,10 @@ import time
 
 
 class PostfixInstance:
-    def __init__(self, workdir, port, process_limit=400):
+    def __init__(self, workdir, port, process_limit=400, relay_port=None):
+        # relay_port: relay everything to 127.0.0.1:relay_port instead of
+        # holding it (for relay benchmarks).
+        self.relay_port = relay_port
         self.dir = os.path.abspath(workdir)
         self.conf = os.path.join(self.dir, "conf")
         self.queue = os.path.join(self.dir, "queue")
@@ -37,7 +40,7 @@ inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 smtpd_recipient_restrictions = permit_mynetworks, reject
-smtpd_end_of_data_restrictions = check_client_access static:HOLD
+{"relayhost = [127.0.0.1]:%d" % self.relay_port if self.relay_port else "smtpd_end_of_data_restrictions = check_client_access static:HOLD"}
 default_process_limit = {self.process_limit}
 smtpd_client_connection_count_limit = 0
 maillog_file = {self.dir}/maillog
@@ -83,6 +86,14 @@ message_size_limit = 26214400
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError("postfix did not listen")
+
+    def in_queue(self):
+        """Messages anywhere in the queue (not yet delivered)."""
+        total = 0
+        for sub in ("maildrop", "incoming", "active", "deferred", "hold"):
+            for _, _, files in os.walk(os.path.join(self.queue, sub)):
+                total += len(files)
+        return total
 
     def queued(self):
         """Messages in the hold queue."""

@@ -34,7 +34,8 @@ class Handler:
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
             self.messages.append({"from": envelope.mail_from, "to": list(envelope.rcpt_tos),
-                                  "data": envelope.original_content, "helo": session.host_name})
+                                  "data": envelope.original_content, "helo": session.host_name,
+                                  "session": id(session)})
         if server.__class__ is LMTP:
             return "\r\n".join("250 2.0.0 <%s> delivered" % r for r in envelope.rcpt_tos)
         return "250 2.0.0 OK: queued"
