@@ -42,7 +42,8 @@ class Handler:
 
 
 class Sink:
-    def __init__(self, port=None, lmtp=False):
+    def __init__(self, port=None, lmtp=False, host="127.0.0.1"):
+        self.host = host
         self.port = port or free_port()
         self.handler = Handler()
         self.lmtp = lmtp
@@ -56,7 +57,7 @@ class Sink:
                 cls = LMTP if lmtp else SMTP
                 return cls(self.handler, enable_SMTPUTF8=True, decode_data=False)
 
-        self.controller = Ctl(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller = Ctl(self.handler, hostname=self.host, port=self.port)
         self.controller.start()
         return self
 

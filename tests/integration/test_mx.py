@@ -71,6 +71,29 @@ class MxTest(DeliveryTestCase):
         self.assertEqual(self.dsn_status()["Status"], "5.4.4")
 
 
+class Ipv6MxTest(DeliveryTestCase):
+    """The mail host has only an AAAA record; the receiver listens on ::1."""
+
+    def setUp(self):
+        self.sink = Sink(host="::1").start()
+        self.dns = Dnsmasq(["--local=/test/", "--mx-host=v6.test,mail.v6.test,10",
+                            "--host-record=mail.v6.test,::1"]).start()
+        self.settings = {**DeliveryTestCase.settings, "delivery.dns_servers": f"127.0.0.1:{self.dns.port}",
+                         "delivery.mx_port": str(self.sink.port), "policy.relay_domains": "v6.test"}
+        super().setUp()
+
+    def tearDown(self):
+        super().tearDown()
+        self.sink.stop()
+        self.dns.stop()
+
+    def test_delivery_over_ipv6(self):
+        with smtplib.SMTP("127.0.0.1", self.port(), timeout=10) as s:
+            s.sendmail("alice@localhost", ["bob@v6.test"], b"Subject: six\r\n\r\nx\r\n")
+        self.wait_for(lambda: self.sink.messages)
+        self.assertEqual(self.sink.messages[0]["to"], ["bob@v6.test"])
+
+
 class DnsDownTest(DeliveryTestCase):
     settings = {**DeliveryTestCase.settings, "delivery.dns_servers": "127.0.0.1:9",  # nothing answers there
                 "policy.relay_domains": "far.test"}

@@ -63,6 +63,45 @@ class VerifyPolicyTest(TwoInstancesTest):
         self.assertEqual(len(self.server.spool_ls()), 1)
 
 
+class SmarthostAuthTest(DeliveryTestCase):
+    """A relays through B's submission port: STARTTLS, then AUTH."""
+
+    def setUp(self):
+        self.tmp_b = tempfile.mkdtemp(prefix="smtpd-b-")
+        self.b = Smtpd(self.tmp_b, {"server.hostname": "b.test"}, users={"relayuser": "relay secret"}).start()
+        self.settings = {**DeliveryTestCase.settings,
+                         "routes.*": f"relay:127.0.0.1:{self.b.ports['submission']}",
+                         "policy.relay_domains": "far.test", "delivery.relay_user": "relayuser",
+                         "delivery.relay_password": "relay secret"}
+        super().setUp()
+
+    def tearDown(self):
+        super().tearDown()
+        self.assertEqual(self.b.stop(), 0)
+        self.b.kill()
+        shutil.rmtree(self.tmp_b, ignore_errors=True)
+
+    def test_authenticated_relay(self):
+        with smtplib.SMTP("127.0.0.1", self.port(), timeout=10) as s:
+            s.sendmail("alice@localhost", ["x@far.test"], b"Subject: via smarthost\r\n\r\nx\r\n")
+        self.wait_for(lambda: self.b.spool_ls())
+        fields, body = self.b.spool_show(self.b.spool_ls()[0])
+        self.assertEqual(fields["auth_user"], ["relayuser"])
+        self.assertEqual(fields["protocol"], ["ESMTPSA"])
+        self.assertIn(b"(Authenticated sender: relayuser)", body)
+
+    def test_wrong_password_defers(self):
+        self.server.stop()
+        self.server.settings["delivery.relay_password"] = "wrong"
+        self.server.start()
+        with smtplib.SMTP("127.0.0.1", self.port(), timeout=10) as s:
+            s.sendmail("alice@localhost", ["x@far.test"], b"Subject: refused\r\n\r\nx\r\n")
+        self.wait_for(lambda: self.server.events("delivery"))
+        e = self.server.events("delivery")[0]
+        self.assertEqual(e["status"], "deferred")  # our configuration's fault: never a bounce
+        self.assertIn("4.7.8 authentication failed: 535 5.7.8", e["reply"])
+
+
 class SmtpSinkTest(DeliveryTestCase):
     def setUp(self):
         self.sink_port = free_port()
