@@ -91,7 +91,8 @@ DeliveryOutcome MaildirTransport::deliver(const MaildirMessage& m) {
     return DeliveryOutcome::from_reply(smtp::Reply(550, "5.1.3", "local part cannot name a mailbox"));
   }
   const std::string dir = root_ + "/" + box;
-  for (const std::string& d : {root_, dir, dir + "/tmp", dir + "/new", dir + "/cur"}) {
+  // new/ last: a Maildir that has new/ is complete for any reader.
+  for (const std::string& d : {root_, dir, dir + "/tmp", dir + "/cur", dir + "/new"}) {
     if (!make_dir(d)) return DeliveryOutcome::from_reply(io_error("create " + d, errno));
   }
   const std::string headers = "Return-Path: <" + m.sender + ">\nDelivered-To: " + m.recipient + "\n";

@@ -28,7 +28,8 @@ class DeliveryTestCase(SmtpdTestCase):
 
     def messages(self, name):
         path = os.path.join(self.tmp, "mail", name)
-        if not os.path.isdir(path):
+        # A mailbox counts once smtpd has made all of it (new/ comes last).
+        if not all(os.path.isdir(os.path.join(path, d)) for d in ("tmp", "cur", "new")):
             return []
         return [m for _, m in self.mailbox(name).items()]
 
