@@ -353,9 +353,12 @@ int main(int argc, char** argv) {
   // outcomes are recorded), then nothing else touches the spool.
   queue->stop();
   dispatcher.stop();
+  // Closing the spool joins its flusher, the one thread that may still be
+  // inside queue->enqueue() (for a DSN committed a moment ago); only then
+  // may the queue go.
+  (*spool)->close();
   queue_ptr = nullptr;
   queue.reset();
-  (*spool)->close();
   LogLine(Level::kInfo, "stopped").add("exit_code", rc).add("commits", (*spool)->commits())
       .add("commit_batches", (*spool)->batches()).emit();
   return rc;
