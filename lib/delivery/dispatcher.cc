@@ -138,8 +138,7 @@ std::vector<queue::AttemptOutcome> RouteDispatcher::run_maildir(const std::strin
     m.recipient = r.path.str();
     m.local_part = r.path.mailbox.local;
     m.body = *body;
-    const DeliveryOutcome o = maildir.deliver(m);
-    out.push_back(queue::AttemptOutcome::from_reply(o.reply));
+    out.push_back(maildir.deliver(m));
   }
   return out;
 }

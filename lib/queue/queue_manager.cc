@@ -2,8 +2,6 @@
 
 #include <strings.h>
 
-#include <condition_variable>
-#include <mutex>
 #include <optional>
 
 #include "absl/time/clock.h"
@@ -445,22 +443,12 @@ bool QueueManager::send_dsn(const Entry& e, bool delay_only, const std::vector<s
   rec.envelope.recipients.push_back(to);
   rec.protocol = "local";
   rec.source = "dsn";
-  // Wait for the commit: this runs on the scheduler or a transport's
-  // completion thread, never on an I/O thread.
-  std::mutex m;
-  std::condition_variable cv;
-  std::optional<absl::StatusOr<std::string>> result;
-  spool_.commit(std::move(*writer), rec, [&](absl::StatusOr<std::string> id) {
-    std::lock_guard<std::mutex> l(m);
-    result = std::move(id);
-    cv.notify_one();
-  });
-  std::unique_lock<std::mutex> l(m);
-  cv.wait(l, [&] { return result.has_value(); });
-  if (!result->ok()) return false;
-  auto stored = spool_.get(**result);
+  // This runs on the scheduler or a transport's completion thread, never on
+  // an I/O thread: waiting for the commit is fine.
+  auto result = spool_.commit_and_wait(std::move(*writer), rec);
+  if (!result.ok()) return false;
+  auto stored = spool_.get(*result);
   if (!stored.ok()) return false;
-  l.unlock();
   if (options_.on_dsn) options_.on_dsn(e.record.id, stored->id, delay_only ? "delayed" : "failed");
   enqueue(*stored);
   return true;

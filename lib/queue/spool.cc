@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <set>
 
 #include "absl/time/clock.h"
@@ -327,6 +328,18 @@ void Spool::commit(std::unique_ptr<SpoolWriter> writer, MessageRecord record, Co
     return;
   }
   pending_.push_back(Pending{std::move(writer), std::move(record), std::move(done)});
+}
+
+absl::StatusOr<std::string> Spool::commit_and_wait(std::unique_ptr<SpoolWriter> writer, MessageRecord record) {
+  absl::Mutex mu;
+  std::optional<absl::StatusOr<std::string>> result;
+  commit(std::move(writer), std::move(record), [&](absl::StatusOr<std::string> id) {
+    absl::MutexLock lock(&mu);
+    result = std::move(id);
+  });
+  absl::MutexLock lock(&mu);
+  mu.Await(absl::Condition(+[](std::optional<absl::StatusOr<std::string>>* r) { return r->has_value(); }, &result));
+  return *std::move(result);
 }
 
 void Spool::flusher_loop() {

@@ -111,6 +111,9 @@ class Spool {
   // (nothing was acknowledged). The record's id, size and extents are
   // filled in from the writer.
   void commit(std::unique_ptr<SpoolWriter> writer, MessageRecord record, CommitCallback done);
+  // commit() that waits for the outcome: for threads that may block (the
+  // delivery queue, tools, tests), never for I/O threads.
+  absl::StatusOr<std::string> commit_and_wait(std::unique_ptr<SpoolWriter> writer, MessageRecord record);
   // Removes a message (and its delivery state) and releases its segment
   // space.
   absl::Status remove(const std::string& id);

@@ -85,17 +85,9 @@ class QueueTest : public ::testing::Test {
       rc.notify = notify;
       rec.envelope.recipients.push_back(rc);
     }
-    std::mutex m;
-    std::condition_variable cv;
-    std::optional<absl::StatusOr<std::string>> id;
-    spool_->commit(std::move(w), rec, [&](absl::StatusOr<std::string> r) {
-      std::lock_guard<std::mutex> l(m);
-      id = std::move(r);
-      cv.notify_one();
-    });
-    std::unique_lock<std::mutex> l(m);
-    cv.wait(l, [&] { return id.has_value(); });
-    return *spool_->get(**id);
+    auto id = spool_->commit_and_wait(std::move(w), rec);
+    EXPECT_TRUE(id.ok()) << id.status();
+    return *spool_->get(*id);
   }
 
   std::vector<MessageRecord> spooled() {

@@ -46,17 +46,7 @@ class SpoolTest : public ::testing::Test {
     r.notify = smtp::kNotifyFailure;
     rec.envelope.recipients.push_back(r);
     rec.client_address = "192.0.2.1";
-    std::mutex mu;
-    std::condition_variable cv;
-    std::optional<absl::StatusOr<std::string>> result;
-    spool.commit(std::move(*w), rec, [&](absl::StatusOr<std::string> id) {
-      std::lock_guard<std::mutex> l(mu);
-      result = std::move(id);
-      cv.notify_one();
-    });
-    std::unique_lock<std::mutex> l(mu);
-    cv.wait(l, [&] { return result.has_value(); });
-    return *result;
+    return spool.commit_and_wait(std::move(*w), rec);
   }
 
   size_t segment_files() {
