@@ -11,7 +11,7 @@
 namespace smtpd::queue {
 namespace {
 
-constexpr uint8_t kStateVersion = 1;
+constexpr uint8_t kStateVersion = 2;
 constexpr uint64_t kFullReturnLimit = 50000;  // RET unspecified: whole message up to this size
 
 void put_varint(std::string& out, uint64_t v) {
@@ -68,8 +68,10 @@ bool wants_delay_dsn(const smtp::Recipient& r) {
 
 }  // namespace
 
-std::string encode_states(const std::vector<RecipientState>& states) {
+std::string encode_state(const MessageState& state) {
+  const std::vector<RecipientState>& states = state.recipients;
   std::string out(1, static_cast<char>(kStateVersion));
+  out.push_back(state.held ? 1 : 0);
   put_varint(out, states.size());
   for (const RecipientState& s : states) {
     out.push_back(static_cast<char>(s.status));
@@ -84,11 +86,13 @@ std::string encode_states(const std::vector<RecipientState>& states) {
   return out;
 }
 
-absl::StatusOr<std::vector<RecipientState>> decode_states(std::string_view in, size_t count) {
-  if (in.empty() || static_cast<uint8_t>(in.front()) != kStateVersion) {
+absl::StatusOr<MessageState> decode_state(std::string_view in, size_t count) {
+  if (in.size() < 2 || static_cast<uint8_t>(in.front()) != kStateVersion) {
     return absl::DataLossError("delivery state: unknown version");
   }
-  in.remove_prefix(1);
+  MessageState state;
+  state.held = in[1] != 0;
+  in.remove_prefix(2);
   uint64_t n;
   if (!get_varint(in, n) || n != count) return absl::DataLossError("delivery state: wrong recipient count");
   std::vector<RecipientState> out(n);
@@ -108,7 +112,8 @@ absl::StatusOr<std::vector<RecipientState>> decode_states(std::string_view in, s
     in.remove_prefix(1);
   }
   if (!in.empty()) return absl::DataLossError("delivery state: trailing bytes");
-  return out;
+  state.recipients = std::move(out);
+  return state;
 }
 
 QueueManager::QueueManager(Spool& spool, Transport& transport, Router router, QueueOptions options)
@@ -133,8 +138,11 @@ absl::Status QueueManager::load() {
       e.states.assign(n, RecipientState{RecipientStatus::kQueued, 0, t, "", "", false});
       auto stored = spool_.get_state(r.id);
       if (stored.ok()) {
-        auto decoded = decode_states(*stored, n);
-        if (decoded.ok()) e.states = *std::move(decoded);
+        auto decoded = decode_state(*stored, n);
+        if (decoded.ok()) {
+          e.states = std::move(decoded->recipients);
+          e.held = decoded->held;
+        }
       }
       const std::string id = r.id;
       e.record = std::move(r);
@@ -204,6 +212,7 @@ void QueueManager::plan_locked(const std::string& id, std::vector<Job>& jobs) {
   auto it = entries_.find(id);
   if (it == entries_.end()) return;
   Entry& e = it->second;
+  if (e.held) return;  // release() schedules it again
   const int64_t t = now();
   std::map<std::string, Job> by_destination;
   for (size_t i = 0; i < e.states.size(); ++i) {
@@ -353,7 +362,8 @@ void QueueManager::settle(const std::string& id) {
   // it: no state write needed (the common case costs one delete).
   bool all_delivered = e.in_flight.empty();
   for (const RecipientState& st : e.states) all_delivered = all_delivered && st.status == RecipientStatus::kDelivered;
-  if (absl::Status s = all_delivered ? absl::OkStatus() : spool_.put_state(id, encode_states(e.states)); !s.ok()) {
+  if (absl::Status s = all_delivered ? absl::OkStatus() : spool_.put_state(id, encode_state({e.held, e.states}));
+      !s.ok()) {
     absl::MutexLock lock(&mu_);  // try again later; nothing was lost
     schedule_locked(id, now() + options_.min_backoff.count());
     return;
@@ -483,10 +493,45 @@ void QueueManager::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+absl::Status QueueManager::hold(const std::string& id) {
+  std::lock_guard<std::recursive_mutex> serial(settle_mu_);
+  std::string state;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return absl::NotFoundError("no message " + id + " in the queue");
+    it->second.held = true;
+    state = encode_state({true, it->second.states});
+  }
+  return spool_.put_state(id, state);
+}
+
+absl::Status QueueManager::release(const std::string& id) {
+  std::lock_guard<std::recursive_mutex> serial(settle_mu_);
+  std::string state;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return absl::NotFoundError("no message " + id + " in the queue");
+    it->second.held = false;
+    state = encode_state({false, it->second.states});
+    schedule_locked(id, now());
+    wake_ = true;
+  }
+  return spool_.put_state(id, state);
+}
+
+bool QueueManager::held(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(id);
+  return it != entries_.end() && it->second.held;
+}
+
 QueueStats QueueManager::stats() {
   absl::MutexLock lock(&mu_);
   QueueStats s;
   s.messages = entries_.size();
+  for (auto& [id, e] : entries_) s.held += e.held ? 1 : 0;
   s.in_flight = total_active_;
   for (auto& [d, q] : waiting_) s.waiting += q.size();
   return s;

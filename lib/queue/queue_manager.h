@@ -47,8 +47,15 @@ struct RecipientState {
   bool final() const { return status == RecipientStatus::kDelivered || status == RecipientStatus::kFailed; }
 };
 
-std::string encode_states(const std::vector<RecipientState>& states);
-absl::StatusOr<std::vector<RecipientState>> decode_states(std::string_view bytes, size_t count);
+// The durable delivery state of a message: held or not, and each
+// recipient's state.
+struct MessageState {
+  bool held = false;
+  std::vector<RecipientState> recipients;
+};
+
+std::string encode_state(const MessageState& state);
+absl::StatusOr<MessageState> decode_state(std::string_view bytes, size_t count);
 
 struct QueueOptions {
   std::string hostname = "localhost";
@@ -71,6 +78,7 @@ struct QueueOptions {
 
 struct QueueStats {
   size_t messages = 0;
+  size_t held = 0;
   size_t in_flight = 0;
   size_t waiting = 0;  // jobs waiting for a destination slot
 };
@@ -95,12 +103,19 @@ class QueueManager {
   QueueStats stats();
   // For tests and the control plane: the state of one message.
   std::vector<RecipientState> states(const std::string& id);
+  // Holds a message: nothing of it is delivered until release(); it still
+  // expires at the end of the queue lifetime (when next tried). NOT_FOUND
+  // for an unknown id.
+  absl::Status hold(const std::string& id);
+  absl::Status release(const std::string& id);
+  bool held(const std::string& id);
 
  private:
   struct Entry {
     MessageRecord record;
     std::vector<RecipientState> states;
-    std::set<size_t> in_flight;  // recipient indexes handed to a transport
+    std::set<size_t> in_flight;  // recipient indexes handed to a transport ("delivering")
+    bool held = false;
   };
   struct Job {
     std::string destination;

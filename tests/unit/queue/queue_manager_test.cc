@@ -299,6 +299,26 @@ TEST_F(QueueTest, OneDelayWarningThenDelivery) {
   EXPECT_TRUE(queue_->states(m.id)[0].delay_warned);
 }
 
+TEST_F(QueueTest, HoldAndRelease) {
+  make_queue();
+  const MessageRecord m = commit({"bob@y.test"});
+  queue_->enqueue(m);
+  ASSERT_TRUE(queue_->hold(m.id).ok());
+  EXPECT_EQ(queue_->tick(), 0u);
+  EXPECT_EQ(queue_->stats().held, 1u);
+  EXPECT_TRUE(absl::IsNotFound(queue_->hold("nope")));
+  // Held survives a restart.
+  queue_.reset();
+  make_queue();
+  ASSERT_TRUE(queue_->load().ok());
+  EXPECT_TRUE(queue_->held(m.id));
+  EXPECT_EQ(queue_->tick(), 0u);
+  ASSERT_TRUE(queue_->release(m.id).ok());
+  EXPECT_EQ(queue_->tick(), 1u);
+  transport_.answer(smtp::Reply(250, "2.0.0", "ok"));
+  EXPECT_TRUE(spooled().empty());
+}
+
 TEST(States, RoundTrip) {
   std::vector<RecipientState> s(2);
   s[0].status = RecipientStatus::kDeferred;
@@ -307,12 +327,13 @@ TEST(States, RoundTrip) {
   s[0].last_reply = "451 4.3.0 later";
   s[1].status = RecipientStatus::kDelivered;
   s[1].delay_warned = true;
-  const std::string enc = encode_states(s);
-  auto back = decode_states(enc, 2);
+  const std::string enc = encode_state({true, s});
+  auto back = decode_state(enc, 2);
   ASSERT_TRUE(back.ok());
-  EXPECT_EQ(encode_states(*back), enc);
-  EXPECT_FALSE(decode_states(enc, 3).ok());
-  for (size_t cut = 0; cut < enc.size(); ++cut) EXPECT_FALSE(decode_states(enc.substr(0, cut), 2).ok()) << cut;
+  EXPECT_TRUE(back->held);
+  EXPECT_EQ(encode_state(*back), enc);
+  EXPECT_FALSE(decode_state(enc, 3).ok());
+  for (size_t cut = 0; cut < enc.size(); ++cut) EXPECT_FALSE(decode_state(enc.substr(0, cut), 2).ok()) << cut;
 }
 
 }  // namespace
