@@ -464,6 +464,8 @@ absl::StatusOr<Loaded> load(const Sources& sources) {
   }
   Loaded out;
   if (absl::Status s = convert(root, out.config); !s.ok()) return s;
+  // Secrets never leave through --print-config.
+  if (!out.config.delivery_relay_password.empty()) root["delivery"]["relay_password"] = "<redacted>";
   YAML::Emitter em;
   em << root;
   out.effective_yaml = std::string(em.c_str()) + "\n";

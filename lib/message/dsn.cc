@@ -79,14 +79,18 @@ std::string build_dsn(const DsnReport& r) {
   m += human_part(r, any_failed) + "\r\n";
   // 2. message/delivery-status (RFC 3464 2.2 and 2.3).
   m += "--" + boundary + "\r\n";
-  m += "Content-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n";
+  // RFC 6533 6: internationalised messages get the global types, whose
+  // fields may carry UTF-8.
+  m += std::string("Content-Description: Delivery report\r\nContent-Type: ") +
+       (r.utf8 ? "message/global-delivery-status" : "message/delivery-status") + "\r\n\r\n";
   m += "Reporting-MTA: dns; " + r.reporting_mta + "\r\n";
   m += "X-Queue-ID: " + r.queue_id + "\r\n";
   if (!r.envid.empty()) m += "Original-Envelope-Id: " + one_line(r.envid) + "\r\n";
   if (r.arrival_unix > 0) m += "Arrival-Date: " + rfc5322_date(r.arrival_unix) + "\r\n";
   for (const DsnRecipient& rc : r.recipients) {
     m += "\r\n";
-    m += "Final-Recipient: rfc822; " + one_line(rc.final_recipient) + "\r\n";
+    m += std::string("Final-Recipient: ") + (r.utf8 ? "utf-8; " : "rfc822; ") + one_line(rc.final_recipient) +
+         "\r\n";
     if (!rc.original_recipient.empty()) m += "Original-Recipient: " + one_line(rc.original_recipient) + "\r\n";
     m += std::string("Action: ") + action_name(rc.action) + "\r\n";
     m += "Status: " + one_line(rc.status) + "\r\n";
@@ -98,10 +102,12 @@ std::string build_dsn(const DsnReport& r) {
   // 3. The original: whole (RET=FULL) or its headers (RET=HDRS).
   m += "--" + boundary + "\r\n";
   if (r.headers_only) {
-    m += "Content-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n";
+    m += std::string("Content-Description: Undelivered Message Headers\r\nContent-Type: ") +
+         (r.utf8 ? "message/global-headers" : "text/rfc822-headers") + "\r\n\r\n";
     m += std::string(header_block(r.original));
   } else {
-    m += "Content-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n\r\n";
+    m += std::string("Content-Description: Undelivered Message\r\nContent-Type: ") +
+         (r.utf8 ? "message/global" : "message/rfc822") + "\r\n\r\n";
     m += std::string(r.original);
     if (!r.original.empty() && r.original.substr(r.original.size() - std::min<size_t>(2, r.original.size())) != "\r\n") {
       m += "\r\n";

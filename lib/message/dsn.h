@@ -30,6 +30,7 @@ struct DsnReport {
   int64_t arrival_unix = 0;
   int64_t now_unix = 0;
   bool headers_only = false;       // RET=HDRS (and the default for large messages)
+  bool utf8 = false;               // the original was an SMTPUTF8 message (RFC 6533)
   std::string queue_id;
   std::vector<DsnRecipient> recipients;
   std::string_view original;       // the stored message (CRLF line ends)

@@ -425,6 +425,7 @@ bool QueueManager::send_dsn(const Entry& e, bool delay_only, const std::vector<s
   report.arrival_unix = e.record.arrival_unix_us / 1000000;
   report.now_unix = now() / 1000;
   report.queue_id = e.record.id;
+  report.utf8 = e.record.envelope.smtputf8;
   const smtp::DsnRet ret = e.record.envelope.ret;
   report.headers_only = ret == smtp::DsnRet::kHdrs || (ret == smtp::DsnRet::kUnspecified && e.record.size > kFullReturnLimit);
   if (body.ok()) report.original = *body;

@@ -11,6 +11,7 @@ namespace smtpd::config {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 std::string write_file(const std::string& text) {
   char tmpl[] = "/tmp/config_test.XXXXXX";
@@ -78,6 +79,16 @@ TEST(Config, ErrorsNameTheKey) {
     ASSERT_FALSE(c.ok()) << overrides[0];
     EXPECT_THAT(std::string(c.status().message()), HasSubstr(expected)) << overrides[0];
   }
+}
+
+TEST(Config, PrintConfigRedactsSecrets) {
+  Sources s;
+  s.overrides = {"delivery.relay_password=hunter2"};
+  auto c = load(s);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->config.delivery_relay_password, "hunter2");
+  EXPECT_THAT(c->effective_yaml, Not(HasSubstr("hunter2")));
+  EXPECT_THAT(c->effective_yaml, HasSubstr("<redacted>"));
 }
 
 TEST(Config, UnknownKeyInFile) {

@@ -75,6 +75,18 @@ TEST(Dsn, DelayOnlySubject) {
   EXPECT_THAT(build_dsn(r), HasSubstr("Subject: Delayed Mail (still being retried)\r\n"));
 }
 
+TEST(Dsn, GlobalTypesForSmtputf8) {
+  DsnReport r = sample(false);
+  r.utf8 = true;
+  r.recipients[0].final_recipient = "j\xc3\xb6rg@y.test";
+  const std::string m = build_dsn(r);
+  EXPECT_THAT(m, HasSubstr("Content-Type: message/global-delivery-status\r\n"));
+  EXPECT_THAT(m, HasSubstr("Final-Recipient: utf-8; j\xc3\xb6rg@y.test\r\n"));
+  EXPECT_THAT(m, HasSubstr("Content-Type: message/global\r\n"));
+  r.headers_only = true;
+  EXPECT_THAT(build_dsn(r), HasSubstr("Content-Type: message/global-headers\r\n"));
+}
+
 TEST(Dsn, HeaderBlock) {
   EXPECT_EQ(header_block("A: 1\r\nB: 2\r\n\r\nbody\r\n"), "A: 1\r\nB: 2\r\n\r\n");
   EXPECT_EQ(header_block("A: 1\r\n"), "A: 1\r\n");
