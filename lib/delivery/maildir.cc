@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 
 namespace smtpd::delivery {
 namespace {
@@ -91,8 +92,11 @@ DeliveryOutcome MaildirTransport::deliver(const MaildirMessage& m) {
     return DeliveryOutcome::from_reply(smtp::Reply(550, "5.1.3", "local part cannot name a mailbox"));
   }
   const std::string dir = root_ + "/" + box;
+  std::error_code fs_error;
+  std::filesystem::create_directories(root_, fs_error);  // parents too (default var/mail)
+  if (fs_error) return DeliveryOutcome::from_reply(io_error("create " + root_, fs_error.value()));
   // new/ last: a Maildir that has new/ is complete for any reader.
-  for (const std::string& d : {root_, dir, dir + "/tmp", dir + "/cur", dir + "/new"}) {
+  for (const std::string& d : {dir, dir + "/tmp", dir + "/cur", dir + "/new"}) {
     if (!make_dir(d)) return DeliveryOutcome::from_reply(io_error("create " + d, errno));
   }
   const std::string headers = "Return-Path: <" + m.sender + ">\nDelivered-To: " + m.recipient + "\n";

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstring>
 #include <optional>
+#include <filesystem>
 #include <set>
 
 #include "absl/time/clock.h"
@@ -182,11 +183,10 @@ std::string Spool::segment_path(uint64_t id) const {
 
 absl::StatusOr<std::unique_ptr<Spool>> Spool::open(const SpoolOptions& options) {
   std::unique_ptr<Spool> spool(new Spool(options));
-  for (const std::string& dir : {options.path, options.path + "/segments"}) {
-    if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
-      return errno_status("create " + dir, errno);
-    }
-  }
+  // The parents too: the default "var/spool" starts from an empty checkout.
+  std::error_code fs_error;
+  std::filesystem::create_directories(options.path + "/segments", fs_error);
+  if (fs_error) return errno_status("create " + options.path + "/segments", fs_error.value());
   rocksdb::DB* db = nullptr;
   const rocksdb::Status s = rocksdb::DB::Open(db_options(), options.path + "/db", &db);
   if (!s.ok()) return from_rocks(s, "open spool database " + options.path + "/db");

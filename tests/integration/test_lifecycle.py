@@ -72,6 +72,42 @@ class ConfigTest(unittest.TestCase):
         self.assertTrue(out.stdout.startswith("$argon2id$v=19$m=19456,t=2,p=1$"), out.stdout)
 
 
+class EmbeddedDefaultsTest(unittest.TestCase):
+    """The README's first command: no configuration at all, started in an
+    empty directory (only the ports are moved to free ones)."""
+
+    def test_defaults_from_an_empty_directory(self):
+        import json
+        import smtplib
+        import time
+        tmp = tempfile.mkdtemp(prefix="smtpd-defaults-")
+        args = [SMTPD, "--set", "listeners.mx.address=127.0.0.1:0", "--set", "listeners.submission.address=",
+                "--set", "listeners.smtps.address="]
+        proc = subprocess.Popen(args, cwd=tmp, stderr=subprocess.PIPE, text=True)
+        try:
+            port = None
+            for line in proc.stderr:
+                ev = json.loads(line)
+                if ev["event"] == "listening":
+                    port = int(ev["address"].rsplit(":", 1)[1])
+                if ev["event"] in ("started", "spool_open_failed", "start_failed"):
+                    break
+            self.assertIsNotNone(port, "smtpd did not start with its defaults")
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                s.sendmail("a@remote.test", ["user@localhost"], b"Subject: defaults\r\n\r\nx\r\n")
+            new = os.path.join(tmp, "var", "mail", "user", "new")
+            deadline = time.time() + 10
+            while time.time() < deadline and not (os.path.isdir(new) and os.listdir(new)):
+                time.sleep(0.05)
+            self.assertEqual(len(os.listdir(new)), 1)  # delivered to the default Maildir
+            self.assertTrue(os.path.isdir(os.path.join(tmp, "var", "spool", "db")))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            self.assertEqual(proc.wait(20), 0)
+            proc.stderr.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 class DrainTest(SmtpdTestCase):
     def test_sigterm_lets_transactions_finish(self):
         idle = Raw(self.port())

@@ -37,15 +37,15 @@ class MaildirTest : public ::testing::Test {
 };
 
 TEST_F(MaildirTest, DeliversIntoNew) {
-  MaildirTransport t(dir_ + "/mail", "mx.test");
+  MaildirTransport t(dir_ + "/var/mail", "mx.test");  // parents are created
   const std::string body = "Received: from x\r\nSubject: hi\r\n\r\nline one\r\nline two\r\n";
   const DeliveryOutcome o = t.deliver({"a@x.test", "Bob@localhost", "Bob", body});
   ASSERT_EQ(o.result, Result::kDelivered) << o.reply.summary();
   EXPECT_EQ(o.reply.code, 250);
-  const auto delivered = files(dir_ + "/mail/bob/new");
+  const auto delivered = files(dir_ + "/var/mail/bob/new");
   ASSERT_EQ(delivered.size(), 1u);
-  EXPECT_TRUE(files(dir_ + "/mail/bob/tmp").empty());
-  EXPECT_TRUE(fs::is_directory(dir_ + "/mail/bob/cur"));
+  EXPECT_TRUE(files(dir_ + "/var/mail/bob/tmp").empty());
+  EXPECT_TRUE(fs::is_directory(dir_ + "/var/mail/bob/cur"));
   EXPECT_EQ(read(delivered[0]),
             "Return-Path: <a@x.test>\nDelivered-To: Bob@localhost\nReceived: from x\nSubject: hi\n\n"
             "line one\nline two\n");

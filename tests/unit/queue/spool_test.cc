@@ -58,6 +58,14 @@ class SpoolTest : public ::testing::Test {
   std::string dir_;
 };
 
+TEST_F(SpoolTest, CreatesMissingParents) {
+  SpoolOptions o;
+  o.path = dir_ + "/var/deep/spool";  // like the default relative "var/spool" in a fresh checkout
+  auto s = Spool::open(o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(std::filesystem::is_directory(dir_ + "/var/deep/spool/segments"));
+}
+
 TEST_F(SpoolTest, CommitAndReadBack) {
   auto spool = open();
   const std::string body = std::string(5000, 'x') + "\r\nend\r\n";
