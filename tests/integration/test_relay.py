@@ -50,7 +50,7 @@ class RelayTest(DeliveryTestCase):
         with smtplib.SMTP("127.0.0.1", self.port(), timeout=10) as s:
             for i in range(10):
                 s.sendmail("a@localhost", [f"n{i}@far.test"], b"Subject: reuse\r\n\r\nx\r\n")
-                time.sleep(0.05)  # one at a time: each finds the last one's connection parked
+                time.sleep(0.15)  # one at a time: each finds the last one's connection parked
         self.wait_for(lambda: len(self.sink.messages) == 10)
         sessions = {m["session"] for m in self.sink.messages}
         self.assertLess(len(sessions), 5, "messages to one destination should share connections")
