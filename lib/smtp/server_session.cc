@@ -313,9 +313,24 @@ std::optional<EventKind> ServerSession::dispatch(std::string_view verb, std::str
           "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH");
     return std::nullopt;
   }
-  // RFC 5321 4.2.4: 502 for commands that are recognised but not implemented.
-  for (const char* known : {"EXPN", "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML"}) {
-    if (iequals(verb, known)) return error(502, "5.5.1", "Command not implemented");
+  // Commands smtpd recognises and refuses on purpose: 502 (RFC 5321 4.2.4)
+  // with the reason, so that neither client nor operator mistakes them for
+  // missing work.
+  struct Refused {
+    const char* verb;
+    const char* why;
+  };
+  static constexpr Refused kRefused[] = {
+      {"EXPN", "EXPN is not offered: list membership is not disclosed (RFC 5321 7.3)"},
+      {"TURN", "TURN is not offered: it hands mail to an unauthenticated client (RFC 5321 F.1)"},
+      {"ATRN", "ATRN (RFC 2645 on-demand relay) is not offered"},
+      {"ETRN", "ETRN is not offered: the queue retries by itself (RFC 1985)"},
+      {"SEND", "SEND was removed from SMTP (RFC 5321 F.6)"},
+      {"SOML", "SOML was removed from SMTP (RFC 5321 F.6)"},
+      {"SAML", "SAML was removed from SMTP (RFC 5321 F.6)"},
+  };
+  for (const Refused& r : kRefused) {
+    if (iequals(verb, r.verb)) return error(502, "5.5.1", r.why);
   }
   return error(500, "5.5.2", "Command unrecognized");
 }

@@ -399,8 +399,12 @@ TEST(Commands, Simple) {
             "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n");
   EXPECT_EQ(h.run("VRFY\r\n"), "501 5.5.4 Syntax: VRFY address\r\n");
   EXPECT_THAT(h.run("HELP\r\n"), StartsWith("214 2.0.0 "));
-  EXPECT_EQ(h.run("EXPN list\r\n"), "502 5.5.1 Command not implemented\r\n");
-  EXPECT_EQ(h.run("ETRN x\r\n"), "502 5.5.1 Command not implemented\r\n");
+  EXPECT_EQ(h.run("EXPN list\r\n"),
+            "502 5.5.1 EXPN is not offered: list membership is not disclosed (RFC 5321 7.3)\r\n");
+  EXPECT_EQ(h.run("ETRN x\r\n"), "502 5.5.1 ETRN is not offered: the queue retries by itself (RFC 1985)\r\n");
+  for (const char* v : {"TURN", "ATRN x", "SEND FROM:<a@b>", "SOML FROM:<a@b>", "SAML FROM:<a@b>"}) {
+    EXPECT_THAT(h.run(std::string(v) + "\r\n"), StartsWith("502 5.5.1 ")) << v;
+  }
   EXPECT_EQ(h.run("FOO\r\n"), "500 5.5.2 Command unrecognized\r\n");
   EXPECT_EQ(h.run("QUIT now\r\n"), "501 5.5.4 Syntax: QUIT\r\n");
   EXPECT_EQ(h.run("quit\r\n"), "221 2.0.0 Bye\r\n");
