@@ -494,30 +494,23 @@ void QueueManager::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-absl::Status QueueManager::hold(const std::string& id) {
-  std::lock_guard<std::recursive_mutex> serial(settle_mu_);
-  std::string state;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = entries_.find(id);
-    if (it == entries_.end()) return absl::NotFoundError("no message " + id + " in the queue");
-    it->second.held = true;
-    state = encode_state({true, it->second.states});
-  }
-  return spool_.put_state(id, state);
-}
+absl::Status QueueManager::hold(const std::string& id) { return set_held(id, true); }
 
-absl::Status QueueManager::release(const std::string& id) {
+absl::Status QueueManager::release(const std::string& id) { return set_held(id, false); }
+
+absl::Status QueueManager::set_held(const std::string& id, bool held) {
   std::lock_guard<std::recursive_mutex> serial(settle_mu_);
   std::string state;
   {
     absl::MutexLock lock(&mu_);
     auto it = entries_.find(id);
     if (it == entries_.end()) return absl::NotFoundError("no message " + id + " in the queue");
-    it->second.held = false;
-    state = encode_state({false, it->second.states});
-    schedule_locked(id, now());
-    wake_ = true;
+    it->second.held = held;
+    state = encode_state({held, it->second.states});
+    if (!held) {
+      schedule_locked(id, now());
+      wake_ = true;
+    }
   }
   return spool_.put_state(id, state);
 }

@@ -133,6 +133,7 @@ class QueueManager {
   void settle(const std::string& id);
   int64_t backoff_ms(uint32_t attempts);
   bool loop_detected(const MessageRecord& r);
+  absl::Status set_held(const std::string& id, bool held);
   // Queues a DSN about `which` recipients; false when it could not be
   // committed (the caller tries again later).
   bool send_dsn(const Entry& e, bool delay_only, const std::vector<size_t>& which);
