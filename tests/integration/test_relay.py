@@ -17,18 +17,29 @@ from test_delivery import DeliveryTestCase
 USERS = {"alice": "alice's password"}
 
 
-class RelayTest(DeliveryTestCase):
-    users = USERS
+class SinkTestCase(DeliveryTestCase):
+    """smtpd delivers to an aiosmtpd sink on loopback through one route."""
+    lmtp = False
+    start_sink = True  # False: the sink is down when smtpd starts
+    route = ("*", "relay")
+    route_settings = {"policy.relay_domains": "far.test"}
 
     def setUp(self):
-        self.sink = Sink().start()
-        self.settings = {**DeliveryTestCase.settings, "routes.*": f"relay:127.0.0.1:{self.sink.port}",
-                         "policy.relay_domains": "far.test"}
+        self.sink = Sink(lmtp=self.lmtp)
+        if self.start_sink:
+            self.sink.start()
+        domain, transport = self.route
+        self.settings = {**DeliveryTestCase.settings, f"routes.{domain}": f"{transport}:127.0.0.1:{self.sink.port}",
+                         **self.route_settings}
         super().setUp()
 
     def tearDown(self):
         super().tearDown()
         self.sink.stop()
+
+
+class RelayTest(SinkTestCase):
+    users = USERS
 
     def test_relayed_bytes_and_trace_header(self):
         body = b"Subject: relayed\r\nFrom: a@localhost\r\n\r\n.line with dot\r\nend\r\n"
@@ -90,16 +101,8 @@ class RelayTest(DeliveryTestCase):
         self.assertIn("with ESMTPSA id", msg["Received"])
 
 
-class SinkDownTest(DeliveryTestCase):
-    def setUp(self):
-        self.sink = Sink()  # not started yet
-        self.settings = {**DeliveryTestCase.settings, "routes.*": f"relay:127.0.0.1:{self.sink.port}",
-                         "policy.relay_domains": "far.test"}
-        super().setUp()
-
-    def tearDown(self):
-        super().tearDown()
-        self.sink.stop()
+class SinkDownTest(SinkTestCase):
+    start_sink = False
 
     def test_down_then_up_delivers_exactly_once(self):
         with smtplib.SMTP("127.0.0.1", self.port(), timeout=10) as s:
@@ -115,15 +118,10 @@ class SinkDownTest(DeliveryTestCase):
         self.assertEqual(len(self.sink.messages), 1)
 
 
-class LmtpTest(DeliveryTestCase):
-    def setUp(self):
-        self.sink = Sink(lmtp=True).start()
-        self.settings = {**DeliveryTestCase.settings, "routes.localhost": f"lmtp:127.0.0.1:{self.sink.port}"}
-        super().setUp()
-
-    def tearDown(self):
-        super().tearDown()
-        self.sink.stop()
+class LmtpTest(SinkTestCase):
+    lmtp = True
+    route = ("localhost", "lmtp")
+    route_settings = {}
 
     def test_lmtp_delivery_per_recipient(self):
         with smtplib.SMTP("127.0.0.1", self.port(), timeout=10) as s:

@@ -16,20 +16,28 @@ from smtpd_harness import Smtpd
 from test_delivery import DeliveryTestCase
 
 
-class TwoInstancesTest(DeliveryTestCase):
-    def setUp(self):
-        # B receives for b.test and keeps it (delivery paused) for inspection.
+class SecondInstanceTestCase(DeliveryTestCase):
+    """The server under test (A) relays to a second smtpd (B), which keeps
+    what it receives (delivery paused) for inspection."""
+
+    def start_b(self, settings, users=None):
         self.tmp_b = tempfile.mkdtemp(prefix="smtpd-b-")
-        self.b = Smtpd(self.tmp_b, {"policy.local_domains": "b.test", "server.hostname": "b.test"}).start()
-        self.settings = {**DeliveryTestCase.settings, "routes.*": f"relay:127.0.0.1:{self.b.ports['mx']}",
-                         "policy.relay_domains": "b.test"}
-        super().setUp()
+        self.b = Smtpd(self.tmp_b, {"server.hostname": "b.test", **settings}, users=users).start()
+        return self.b
 
     def tearDown(self):
         super().tearDown()
         self.assertEqual(self.b.stop(), 0)
         self.b.kill()
         shutil.rmtree(self.tmp_b, ignore_errors=True)
+
+
+class TwoInstancesTest(SecondInstanceTestCase):
+    def setUp(self):
+        b = self.start_b({"policy.local_domains": "b.test"})
+        self.settings = {**DeliveryTestCase.settings, "routes.*": f"relay:127.0.0.1:{b.ports['mx']}",
+                         "policy.relay_domains": "b.test"}
+        super().setUp()
 
     def test_relay_between_instances_over_starttls(self):
         with smtplib.SMTP("127.0.0.1", self.port(), timeout=10) as s:
@@ -63,23 +71,16 @@ class VerifyPolicyTest(TwoInstancesTest):
         self.assertEqual(len(self.server.spool_ls()), 1)
 
 
-class SmarthostAuthTest(DeliveryTestCase):
+class SmarthostAuthTest(SecondInstanceTestCase):
     """A relays through B's submission port: STARTTLS, then AUTH."""
 
     def setUp(self):
-        self.tmp_b = tempfile.mkdtemp(prefix="smtpd-b-")
-        self.b = Smtpd(self.tmp_b, {"server.hostname": "b.test"}, users={"relayuser": "relay secret"}).start()
+        b = self.start_b({}, users={"relayuser": "relay secret"})
         self.settings = {**DeliveryTestCase.settings,
-                         "routes.*": f"relay:127.0.0.1:{self.b.ports['submission']}",
+                         "routes.*": f"relay:127.0.0.1:{b.ports['submission']}",
                          "policy.relay_domains": "far.test", "delivery.relay_user": "relayuser",
                          "delivery.relay_password": "relay secret"}
         super().setUp()
-
-    def tearDown(self):
-        super().tearDown()
-        self.assertEqual(self.b.stop(), 0)
-        self.b.kill()
-        shutil.rmtree(self.tmp_b, ignore_errors=True)
 
     def test_authenticated_relay(self):
         with smtplib.SMTP("127.0.0.1", self.port(), timeout=10) as s:
