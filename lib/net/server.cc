@@ -133,8 +133,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
     error_code ignored;
     socket_.close(ignored);
   }
-  uint64_t id() const { return id_; }
-  const std::string& client() const { return client_; }
   tcp::socket::executor_type socket_executor() { return socket_.get_executor(); }
 
  private:
