@@ -217,7 +217,8 @@ const char* status_name(smtpd::queue::RecipientStatus s) {
 }
 
 std::unique_ptr<smtpd::queue::QueueManager> make_queue(const smtpd::config::Config& cfg, smtpd::queue::Spool& spool,
-                                                        smtpd::queue::Transport& transport) {
+                                                        smtpd::queue::Transport& transport,
+                                                        const smtpd::policy::PolicyStore& policy) {
   smtpd::queue::QueueOptions qo;
   qo.hostname = cfg.hostname;
   qo.min_backoff = cfg.queue_min_backoff;
@@ -240,7 +241,7 @@ std::unique_ptr<smtpd::queue::QueueManager> make_queue(const smtpd::config::Conf
     LogLine(Level::kInfo, "dsn").add("queue_id", id).add("dsn_queue_id", dsn_id).add("action", action).emit();
   };
   return std::make_unique<smtpd::queue::QueueManager>(
-      spool, transport, [&cfg](const std::string& domain) { return cfg.route_for(domain); }, qo);
+      spool, transport, [&policy](const std::string& domain) { return policy.current()->route_for(domain); }, qo);
 }
 
 }  // namespace
@@ -314,19 +315,32 @@ int main(int argc, char** argv) {
     return 1;
   }
   LogLine(Level::kInfo, "spool_recovered").add("path", cfg.spool_path).add("messages", (*spool)->message_count()).emit();
+  // The policy: the configured one, or the last one set through the API
+  // (kept in the spool).
+  smtpd::policy::PolicyStore policy(cfg.policy);
   smtpd::delivery::SmtpTransportOptions smtp_out;
   smtp_out.helo_name = cfg.hostname;
   smtp_out.tls = cfg.delivery_tls == "none"      ? smtpd::smtp::TlsPolicy::kNone
                  : cfg.delivery_tls == "encrypt" ? smtpd::smtp::TlsPolicy::kEncrypt
                  : cfg.delivery_tls == "verify"  ? smtpd::smtp::TlsPolicy::kVerify
                                                  : smtpd::smtp::TlsPolicy::kMay;
+  smtp_out.tls_for = [&policy, fallback = smtp_out.tls](const std::string& domain) {
+    switch (policy.current()->tls_for(domain)) {
+      case smtpd::policy::TlsMode::kNone: return smtpd::smtp::TlsPolicy::kNone;
+      case smtpd::policy::TlsMode::kMay: return smtpd::smtp::TlsPolicy::kMay;
+      case smtpd::policy::TlsMode::kEncrypt: return smtpd::smtp::TlsPolicy::kEncrypt;
+      case smtpd::policy::TlsMode::kVerify: return smtpd::smtp::TlsPolicy::kVerify;
+      case smtpd::policy::TlsMode::kDefault: break;
+    }
+    return fallback;
+  };
   smtp_out.relay_user = cfg.delivery_relay_user;
   smtp_out.relay_password = cfg.delivery_relay_password;
   smtp_out.dns_servers = cfg.delivery_dns_servers;
   smtp_out.mx_port = std::to_string(cfg.delivery_mx_port);
   smtpd::delivery::RouteDispatcher dispatcher(**spool, cfg.hostname, static_cast<size_t>(cfg.delivery_threads),
                                               smtp_out);
-  auto queue = make_queue(cfg, **spool, dispatcher);
+  auto queue = make_queue(cfg, **spool, dispatcher, policy);
   if (absl::Status s = queue->load(); !s.ok()) {
     LogLine(Level::kError, "queue_load_failed").add("error", s.ToString()).emit();
     return 1;
@@ -337,7 +351,6 @@ int main(int argc, char** argv) {
   } else {
     queue->start();
   }
-  smtpd::policy::PolicyStore policy(cfg.policy);
   smtpd::net::ServerDeps deps{&cfg, spool->get(), &policy, &users};
   int rc = 0;
   {

@@ -32,6 +32,10 @@ spool:
   commit_delay: 1ms
 control:
   address: "127.0.0.1:50051"
+  tls_cert_file: ""
+  tls_key_file: ""
+  client_ca_file: ""
+  tokens_file: ""
 metrics:
   address: "127.0.0.1:9090"
 auth:
@@ -43,6 +47,11 @@ policy:
   trusted_networks: []
   max_message_size: 26214400
   max_recipients: 100
+  connections_per_client_per_minute: 0
+  messages_per_sender_per_minute: 0
+  sender_access: []
+  recipient_access: []
+  outbound_tls: {}
 routes:
   localhost: "maildir:var/mail"
   "*": "mx"
@@ -73,26 +82,8 @@ log:
   level: info
 )";
 
-// Route syntax (lib/delivery implements them): mx, maildir:PATH,
-// relay:HOST:PORT, lmtp:HOST:PORT.
-absl::Status delivery_route_check(const std::string& route) {
-  if (route == "mx") return absl::OkStatus();
-  if (route.rfind("maildir:", 0) == 0 && route.size() > 8) return absl::OkStatus();
-  for (const std::string scheme : {"relay:", "lmtp:"}) {
-    if (route.rfind(scheme, 0) != 0) continue;
-    const std::string rest = route.substr(scheme.size());
-    const size_t colon = rest.rfind(':');
-    const bool ok = colon != std::string::npos && colon > 0 && colon + 1 < rest.size() &&
-                    rest.find_first_not_of("0123456789", colon + 1) == std::string::npos &&
-                    std::stoul(rest.substr(colon + 1).substr(0, 6)) <= 65535;
-    if (ok) return absl::OkStatus();
-    return absl::InvalidArgumentError("'" + route + "' is not " + scheme + "HOST:PORT");
-  }
-  return absl::InvalidArgumentError("'" + route + "' is not one of mx, maildir:PATH, relay:HOST:PORT, lmtp:HOST:PORT");
-}
-
 // Keys whose children are free-form (the routes table).
-bool free_form(const std::string& path) { return path == "routes"; }
+bool free_form(const std::string& path) { return path == "routes" || path == "policy.outbound_tls"; }
 
 absl::Status key_error(const std::string& key, const std::string& problem) {
   return absl::InvalidArgumentError("config: " + key + ": " + problem);
@@ -311,6 +302,49 @@ absl::Status convert_policy(const YAML::Node& root, Config& c) {
   SMTPD_ASSIGN(p.max_recipients, scalar<size_t>(root, "policy.max_recipients"));
   // RFC 5321 4.5.3.1.8: at least 100 recipients must be accepted.
   if (p.max_recipients < 1) return key_error("policy.max_recipients", "must be at least 1");
+  SMTPD_ASSIGN(p.connections_per_client_per_minute, scalar<uint32_t>(root, "policy.connections_per_client_per_minute"));
+  SMTPD_ASSIGN(p.messages_per_sender_per_minute, scalar<uint32_t>(root, "policy.messages_per_sender_per_minute"));
+  for (const char* key : {"policy.sender_access", "policy.recipient_access"}) {
+    std::vector<policy::AccessRule>& rules =
+        std::string(key) == "policy.sender_access" ? p.sender_access : p.recipient_access;
+    SMTPD_ASSIGN(list, string_list(root, key));
+    for (const std::string& entry : list) {
+      // "PATTERN allow" or "PATTERN deny [REPLY]"
+      std::istringstream in(entry);
+      std::string pattern, action, reply;
+      in >> pattern >> action;
+      std::getline(in >> std::ws, reply);
+      policy::AccessRule r;
+      r.pattern = policy::lower_ascii(pattern);
+      if (action == "allow" && reply.empty()) {
+        r.allow = true;
+      } else if (action == "deny") {
+        if (!reply.empty()) {
+          if (absl::Status s = r.set_reply(reply); !s.ok()) return key_error(key, std::string(s.message()));
+        }
+      } else {
+        return key_error(key, "'" + entry + "' is not \"PATTERN allow\" or \"PATTERN deny [REPLY]\"");
+      }
+      rules.push_back(r);
+    }
+  }
+  for (const auto& kv : root["policy"]["outbound_tls"]) {
+    const std::string domain = policy::lower_ascii(kv.first.as<std::string>());
+    auto mode = policy::parse_tls_mode(kv.second.IsScalar() ? kv.second.Scalar() : "");
+    if (!mode.ok()) return key_error("policy.outbound_tls." + domain, std::string(mode.status().message()));
+    p.outbound_tls[domain] = *mode;
+  }
+  p.routes.clear();
+  for (const auto& kv : root["routes"]) {
+    const std::string domain = policy::lower_ascii(kv.first.as<std::string>());
+    const std::string route = kv.second.IsScalar() ? kv.second.Scalar() : "";
+    if (absl::Status st = policy::check_route(route); !st.ok()) {
+      return key_error("routes." + domain, std::string(st.message()));
+    }
+    p.routes[domain] = route;
+  }
+  if (!p.routes.count("*")) return key_error("routes", "needs a \"*\" entry for all other domains");
+  if (absl::Status s = p.validate(); !s.ok()) return key_error("policy", std::string(s.message()));
   return absl::OkStatus();
 }
 
@@ -342,16 +376,32 @@ absl::Status convert(const YAML::Node& root, Config& c) {
   SMTPD_ASSIGN(c.metrics_address, scalar<std::string>(root, "metrics.address"));
   SMTPD_ASSIGN(c.auth_users_file, scalar<std::string>(root, "auth.users_file"));
   SMTPD_ASSIGN(c.auth_allow_plaintext, scalar<bool>(root, "auth.allow_plaintext"));
-  if (absl::Status s = convert_policy(root, c); !s.ok()) return s;
-  for (const auto& kv : root["routes"]) {
-    const std::string domain = policy::lower_ascii(kv.first.as<std::string>());
-    const std::string route = kv.second.IsScalar() ? kv.second.Scalar() : "";
-    if (absl::Status st = delivery_route_check(route); !st.ok()) {
-      return key_error("routes." + domain, std::string(st.message()));
-    }
-    c.routes[domain] = route;
+  SMTPD_ASSIGN(c.control_tls_cert_file, scalar<std::string>(root, "control.tls_cert_file"));
+  SMTPD_ASSIGN(c.control_tls_key_file, scalar<std::string>(root, "control.tls_key_file"));
+  SMTPD_ASSIGN(c.control_client_ca_file, scalar<std::string>(root, "control.client_ca_file"));
+  SMTPD_ASSIGN(c.control_tokens_file, scalar<std::string>(root, "control.tokens_file"));
+  if (c.control_tls_cert_file.empty() != c.control_tls_key_file.empty()) {
+    return key_error("control.tls_key_file", "control.tls_cert_file and control.tls_key_file must be set together");
   }
-  if (!c.routes.count("*")) return key_error("routes", "needs a \"*\" entry for all other domains");
+  if (!c.control_client_ca_file.empty() && c.control_tls_cert_file.empty()) {
+    return key_error("control.client_ca_file", "mutual TLS needs control.tls_cert_file and control.tls_key_file");
+  }
+  if (!c.control_address.empty()) {
+    std::string host;
+    uint16_t port;
+    if (absl::Status s = split_host_port(c.control_address, host, port); !s.ok()) {
+      return key_error("control.address", std::string(s.message()));
+    }
+    // DESIGN.md security defaults: plaintext gRPC without tokens only on
+    // loopback.
+    const bool loopback = host == "127.0.0.1" || host == "::1" || host == "localhost";
+    if (!loopback && (c.control_tls_cert_file.empty() || c.control_tokens_file.empty())) {
+      return key_error("control.address", "'" + c.control_address +
+                                              "' is not loopback: set control.tls_cert_file, control.tls_key_file "
+                                              "and control.tokens_file");
+    }
+  }
+  if (absl::Status s = convert_policy(root, c); !s.ok()) return s;
   SMTPD_ASSIGN(c.delivery_paused, scalar<bool>(root, "delivery.paused"));
   SMTPD_ASSIGN(c.delivery_threads, scalar<int>(root, "delivery.threads"));
   SMTPD_ASSIGN(c.delivery_tls, scalar<std::string>(root, "delivery.tls"));
@@ -400,11 +450,6 @@ absl::Status convert(const YAML::Node& root, Config& c) {
 
 }  // namespace
 
-std::string Config::route_for(const std::string& domain) const {
-  auto it = routes.find(domain);
-  if (it != routes.end()) return it->second;
-  return routes.at("*");
-}
 
 absl::Status split_host_port(const std::string& address, std::string& host, uint16_t& port) {
   size_t colon;

@@ -38,11 +38,15 @@ struct Config {
   uint64_t spool_min_free_bytes = 64ull << 20;
   std::chrono::milliseconds spool_commit_delay{1};
   std::string control_address;
+  // gRPC: server TLS (both or neither), a client CA for mutual TLS, and
+  // the bearer tokens file ("token role [name]" per line).
+  std::string control_tls_cert_file, control_tls_key_file;
+  std::string control_client_ca_file;
+  std::string control_tokens_file;
   std::string metrics_address;
   std::string auth_users_file;
   bool auth_allow_plaintext = false;
-  policy::PolicySnapshot policy;
-  std::map<std::string, std::string> routes;
+  policy::PolicySnapshot policy;  // includes the routes table
   // Delivery queue (issue 3).
   bool delivery_paused = false;
   int delivery_threads = 2;
@@ -58,9 +62,6 @@ struct Config {
   int queue_max_received = 50;
   uint64_t queue_per_destination = 20;
   uint64_t queue_max_deliveries = 200;
-
-  // The route for a recipient domain (lower case): exact match, else "*".
-  std::string route_for(const std::string& domain) const;
   uint64_t max_connections = 10000;
   uint64_t max_connections_per_client = 100;
   int max_errors = 20;

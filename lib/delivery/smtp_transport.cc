@@ -20,12 +20,10 @@ struct SmtpTransport::Impl {
       : spool(s), options(std::move(o)), guard(asio::make_work_guard(ioc)), tls(ssl::context::tls_client) {
     tls.set_options(ssl::context::no_compression);
     SSL_CTX_set_min_proto_version(tls.native_handle(), TLS1_2_VERSION);
-    if (options.tls == smtp::TlsPolicy::kVerify) {
-      tls.set_default_verify_paths();
-      tls.set_verify_mode(ssl::verify_peer);
-    } else {
-      tls.set_verify_mode(ssl::verify_none);  // opportunistic TLS encrypts, it does not authenticate (RFC 7435)
-    }
+    // Verification is chosen per connection (the policy may ask for it per
+    // domain); opportunistic TLS encrypts, it does not authenticate (RFC 7435).
+    tls.set_default_verify_paths();
+    tls.set_verify_mode(ssl::verify_none);
     thread = std::thread([this] { ioc.run(); });
   }
 
@@ -78,15 +76,18 @@ class Delivery : public std::enable_shared_from_this<Delivery> {
     smtp::ClientSettings s;
     s.helo_name = t_.options.helo_name;
     s.lmtp = req_.route.rfind("lmtp:", 0) == 0;
-    s.tls = t_.options.tls;
+    s.tls = tls_policy();
     if (req_.route.rfind("relay:", 0) == 0) {
       s.auth_user = t_.options.relay_user;
       s.auth_password = t_.options.relay_password;
     }
     return s;
   }
+  smtp::TlsPolicy tls_policy() const {
+    return t_.options.tls_for ? t_.options.tls_for(req_.domain) : t_.options.tls;
+  }
   std::string pool_key(const SmtpTransport::Target& target) const {
-    return req_.route + "|" + target.address + "|" + target.port;
+    return req_.route + "|" + target.address + "|" + target.port + "|" + std::to_string(static_cast<int>(tls_policy()));
   }
   std::shared_ptr<Connection> take_idle(const std::string& key);
   void park(const std::string& key);
@@ -231,7 +232,8 @@ awaitable<bool> Delivery::read_more() {
 awaitable<bool> Delivery::handshake() {
   conn_->tls = std::make_unique<ssl::stream<tcp::socket&>>(conn_->socket, t_.tls);
   SSL_set_tlsext_host_name(conn_->tls->native_handle(), host_.c_str());  // SNI
-  if (t_.options.tls == smtp::TlsPolicy::kVerify) {
+  if (tls_policy() == smtp::TlsPolicy::kVerify) {
+    conn_->tls->set_verify_mode(ssl::verify_peer);
     conn_->tls->set_verify_callback(ssl::host_name_verification(host_));
   }
   arm(60);

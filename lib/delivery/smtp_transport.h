@@ -6,6 +6,7 @@
 // Asio stays in smtp_transport.cc.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,6 +20,8 @@ namespace smtpd::delivery {
 struct SmtpTransportOptions {
   std::string helo_name = "localhost";
   smtp::TlsPolicy tls = smtp::TlsPolicy::kMay;
+  // Per recipient domain (the policy's outbound TLS rules); empty: `tls`.
+  std::function<smtp::TlsPolicy(const std::string& domain)> tls_for;
   std::string relay_user;       // AUTH for relay: routes; empty: none
   std::string relay_password;
   int connect_timeout_seconds = 30;

@@ -34,6 +34,11 @@ using Clock = std::chrono::steady_clock;
 
 constexpr auto kFinalWriteGrace = std::chrono::seconds(10);
 
+int64_t unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 // Awaitable wrapper of Spool::commit: the flusher thread's callback is
 // posted back to the session's io_context.
 template <typename Token>
@@ -100,6 +105,8 @@ struct Server::Impl {
   std::unique_ptr<ssl::context> tls;
   std::vector<std::unique_ptr<ListenerState>> listeners;
   AuthThrottle throttle;
+  policy::RateLimiter connection_rate;  // policy: connections per client per minute
+  policy::RateLimiter sender_rate;      // policy: messages per sender per minute
   std::atomic<bool> draining{false};
   std::atomic<uint64_t> next_conn_id{1};
 
@@ -129,6 +136,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   awaitable<void> run();
   void drain();
+  // A policy update reaches sessions already open from their next
+  // transaction on.
+  void refresh_policy() {
+    const auto snapshot = server_.deps.policy->current();
+    if (snapshot->version == policy_version_) return;
+    policy_version_ = snapshot->version;
+    machine_->set_limits(snapshot->max_message_size, snapshot->max_recipients);
+  }
   void force_close() {
     error_code ignored;
     socket_.close(ignored);
@@ -166,6 +181,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool waiting_for_command_ = false;
   config::Listener listener_;
   std::string client_;
+  uint64_t policy_version_ = 0;
   uint64_t id_;
   std::optional<smtp::ServerSession> machine_;
   std::unique_ptr<queue::SpoolWriter> writer_;
@@ -280,12 +296,38 @@ void Connection::on_mail() {
     machine_->decide(smtp::Reply(452, "4.3.1", "Insufficient system storage"));
     return;
   }
+  const auto snapshot = server_.deps.policy->current();
+  const std::string sender = machine_->envelope().sender.str();
+  const policy::AccessRule* rule = policy::PolicySnapshot::match(snapshot->sender_access, sender);
+  if (rule != nullptr && !rule->allow) {
+    LogLine(Level::kInfo, "mail_rejected").add("conn", id_).add("client", client_).add("from", sender)
+        .add("reason", "sender access " + rule->pattern).emit();
+    machine_->decide(smtp::Reply(rule->code, rule->enhanced, "<" + sender + ">: " + rule->text));
+    return;
+  }
+  if (rule == nullptr && !server_.sender_rate.allow(policy::lower_ascii(sender),
+                                                    snapshot->messages_per_sender_per_minute, unix_ms())) {
+    LogLine(Level::kInfo, "mail_rejected").add("conn", id_).add("client", client_).add("from", sender)
+        .add("reason", "sender rate limit").emit();
+    // RFC 5321 4.2.5: 450 is a temporary refusal of the mail transaction;
+    // RFC 3463 4.7.1: delivery not authorized (for now).
+    machine_->decide(smtp::Reply(450, "4.7.1", "<" + sender + ">: Sender rate limit exceeded, try again later"));
+    return;
+  }
   machine_->decide(std::nullopt);
 }
 
 void Connection::on_rcpt() {
   const smtp::Recipient& r = machine_->pending_recipient();
   const auto snapshot = server_.deps.policy->current();
+  const policy::AccessRule* rule = policy::PolicySnapshot::match(snapshot->recipient_access, r.path.str());
+  if (rule != nullptr && !rule->allow) {
+    LogLine(Level::kInfo, "rcpt_rejected").add("conn", id_).add("client", client_)
+        .add("from", machine_->envelope().sender.str()).add("to", r.path.str())
+        .add("reason", "recipient access " + rule->pattern).emit();
+    machine_->decide(smtp::Reply(rule->code, rule->enhanced, "<" + r.path.str() + ">: " + rule->text));
+    return;
+  }
   const policy::RelayDecision d = snapshot->decide_recipient(
       r.path.mailbox.domain_lower(), r.path.postmaster, machine_->authenticated(), client_);
   if (d == policy::RelayDecision::kDenied) {
@@ -415,6 +457,7 @@ awaitable<void> Connection::run() {
   error_code ignored;
   socket_.set_option(tcp::no_delay(true), ignored);
   machine_.emplace(server_.settings_for(listener_));
+  policy_version_ = server_.deps.policy->current()->version;
   LogLine(Level::kDebug, "connect").add("conn", id_).add("listener", listener_.name).add("client", client_).emit();
   const auto started = Clock::now();
   set_deadline(server_.deps.config->command_timeout);
@@ -424,6 +467,7 @@ awaitable<void> Connection::run() {
   while (running) {
     switch (machine_->next()) {
       case smtp::EventKind::kNeedInput:
+        refresh_policy();
         if (!co_await flush()) {
           running = false;
         } else if (!co_await read_input()) {
@@ -530,7 +574,10 @@ void Server::Impl::start_connection(tcp::socket socket, const tcp::endpoint& rem
   const uint64_t id = next_conn_id.fetch_add(1);
   const config::Config& c = *deps.config;
   std::string refused;
-  {
+  const auto snapshot = deps.policy->current();
+  if (!connection_rate.allow(client, snapshot->connections_per_client_per_minute, unix_ms())) {
+    refused = "connection rate limit";
+  } else {
     absl::MutexLock lock(&mu);
     if (open_connections >= c.max_connections) {
       refused = "global connection limit";
@@ -547,7 +594,7 @@ void Server::Impl::start_connection(tcp::socket socket, const tcp::endpoint& rem
         .add("reason", refused).emit();
     // RFC 5321 3.1 allows a 421 in place of the greeting. A short blocking
     // write on a fresh socket: the kernel buffer always takes it.
-    const std::string msg = "421 4.7.0 " + c.hostname + " Error: too many connections\r\n";
+    const std::string msg = "421 4.7.0 " + c.hostname + " Error: too many connections\r\n";  // RFC 3463 4.7.0
     socket.write_some(asio::buffer(msg), ec);
     socket.close(ec);
     return;

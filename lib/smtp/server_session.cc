@@ -164,6 +164,11 @@ void ServerSession::abort_transaction(const Reply& r) {
 void ServerSession::reset_transaction() {
   if (has_sender_) last_envelope_ = envelope_;
   has_sender_ = false;
+  if (next_limits_) {
+    settings_.max_message_size = next_limits_->first;
+    settings_.max_recipients = next_limits_->second;
+    next_limits_.reset();
+  }
   envelope_ = Envelope();
   pending_rcpt_ = Recipient();
   rcpt_attempted_ = false;
@@ -825,6 +830,15 @@ void ServerSession::tls_started() {
 
 void ServerSession::timeout() {
   end_session(Reply(421, "4.4.2", settings_.hostname + " Error: timeout exceeded"));
+}
+
+void ServerSession::set_limits(uint64_t max_message_size, size_t max_recipients) {
+  if (has_sender_) {
+    next_limits_ = {max_message_size, max_recipients};
+    return;
+  }
+  settings_.max_message_size = max_message_size;
+  settings_.max_recipients = max_recipients;
 }
 
 void ServerSession::shutdown() {

@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "lib/smtp/data_decoder.h"
 #include "lib/smtp/envelope.h"
@@ -85,6 +86,9 @@ class ServerSession {
   // kClose. On shutdown a message in progress is dropped (kDataAbort first).
   void timeout();
   void shutdown();
+  // New message limits (a policy update): they apply from the next
+  // transaction, never to one in progress, and EHLO advertises them.
+  void set_limits(uint64_t max_message_size, size_t max_recipients);
 
   // Read accessors for the driver and for logs.
   const Envelope& envelope() const { return envelope_; }
@@ -173,6 +177,7 @@ class ServerSession {
 
   // Transaction state.
   bool has_sender_ = false;
+  std::optional<std::pair<uint64_t, size_t>> next_limits_;  // set_limits() during a transaction
   Envelope envelope_;
   Recipient pending_rcpt_;
   bool rcpt_attempted_ = false;

@@ -57,5 +57,121 @@ TEST(PolicyStore, SwapsSnapshots) {
   EXPECT_EQ(store.current()->version, 2u);
 }
 
+AccessRule rule(const std::string& pattern, bool allow = false) {
+  AccessRule r;
+  r.pattern = pattern;
+  r.allow = allow;
+  return r;
+}
+
+TEST(AccessRule, Patterns) {
+  EXPECT_TRUE(rule("bob@example.test").matches("Bob@Example.TEST"));
+  EXPECT_FALSE(rule("bob@example.test").matches("bob@other.test"));
+  EXPECT_TRUE(rule("@example.test").matches("x@example.test"));
+  EXPECT_TRUE(rule("example.test").matches("x@EXAMPLE.test"));
+  EXPECT_FALSE(rule("example.test").matches("x@sub.example.test"));
+  EXPECT_TRUE(rule(".example.test").matches("x@sub.example.test"));
+  EXPECT_FALSE(rule(".example.test").matches("x@example.test"));
+  EXPECT_TRUE(rule("postmaster@").matches("postmaster@anywhere.test"));
+  EXPECT_FALSE(rule("postmaster@").matches("postmaster"));
+  EXPECT_TRUE(rule("*").matches(""));  // the null sender
+  EXPECT_FALSE(rule("example.test").matches(""));
+}
+
+TEST(AccessRule, FirstMatchDecides) {
+  std::vector<AccessRule> rules = {rule("vip@spam.test", true), rule("spam.test")};
+  EXPECT_TRUE(PolicySnapshot::match(rules, "vip@spam.test")->allow);
+  EXPECT_FALSE(PolicySnapshot::match(rules, "x@spam.test")->allow);
+  EXPECT_EQ(PolicySnapshot::match(rules, "x@ok.test"), nullptr);
+}
+
+TEST(AccessRule, Replies) {
+  AccessRule r;
+  ASSERT_TRUE(r.set_reply("550 5.7.1 Go away").ok());
+  EXPECT_EQ(r.code, 550);
+  EXPECT_EQ(r.enhanced, "5.7.1");
+  EXPECT_EQ(r.reply_text(), "550 5.7.1 Go away");
+  ASSERT_TRUE(r.set_reply("450 4.7.1 Later please").ok());
+  EXPECT_FALSE(r.set_reply("250 2.0.0 fine").ok());        // not a refusal
+  EXPECT_FALSE(r.set_reply("550 4.7.1 mixed class").ok());  // RFC 3463: same class
+  EXPECT_FALSE(r.set_reply("550 5.7 short").ok());
+  EXPECT_FALSE(r.set_reply("550 5.7.1").ok());              // no text
+  EXPECT_FALSE(r.set_reply("550 5.7.1 bad\r\ninjection").ok());
+  EXPECT_FALSE(r.set_reply("599 5.7.1 x").ok());            // RFC 5321 4.2: second digit 0-5
+}
+
+TEST(PolicySnapshot, RoutesAndTls) {
+  PolicySnapshot p;
+  p.routes = {{"*", "mx"}, {"local.test", "maildir:/var/mail"}};
+  p.outbound_tls = {{"bank.test", TlsMode::kVerify}, {".corp.test", TlsMode::kEncrypt}};
+  EXPECT_EQ(p.route_for("local.test"), "maildir:/var/mail");
+  EXPECT_EQ(p.route_for("other.test"), "mx");
+  EXPECT_EQ(p.tls_for("bank.test"), TlsMode::kVerify);
+  EXPECT_EQ(p.tls_for("mx.corp.test"), TlsMode::kEncrypt);
+  EXPECT_EQ(p.tls_for("corp.test"), TlsMode::kDefault);
+  EXPECT_EQ(p.tls_for("x.test"), TlsMode::kDefault);
+}
+
+TEST(PolicySnapshot, ValidateNamesTheField) {
+  PolicySnapshot p;
+  EXPECT_TRUE(p.validate().ok());
+  p.max_recipients = 0;
+  EXPECT_EQ(p.validate().message().substr(0, 15), "max_recipients:");
+  p = PolicySnapshot();
+  p.routes = {{"x.test", "mx"}};
+  EXPECT_EQ(p.validate().message().substr(0, 7), "routes:");
+  p.routes = {{"*", "relay:nohost"}};
+  EXPECT_EQ(p.validate().message().substr(0, 8), "routes.*");
+  p = PolicySnapshot();
+  p.sender_access = {rule("")};
+  EXPECT_EQ(p.validate().message().substr(0, 24), "sender_access[0].pattern");
+  p = PolicySnapshot();
+  p.outbound_tls = {{"x.test", TlsMode::kDefault}};
+  EXPECT_EQ(p.validate().message().substr(0, 19), "outbound_tls.x.test");
+  p = PolicySnapshot();
+  p.local_domains = {"bad domain"};
+  EXPECT_EQ(p.validate().message().substr(0, 14), "local_domains:");
+}
+
+TEST(PolicyStore, CompareAndSet) {
+  PolicyStore store(snapshot());
+  std::vector<uint64_t> persisted;
+  auto persist = [&](const PolicySnapshot& p) {
+    persisted.push_back(p.version);
+    return absl::OkStatus();
+  };
+  auto v2 = store.update(snapshot(), 1, persist);
+  ASSERT_TRUE(v2.ok());
+  EXPECT_EQ((*v2)->version, 2u);
+  auto stale = store.update(snapshot(), 1, persist);
+  EXPECT_EQ(stale.status().code(), absl::StatusCode::kAborted);
+  EXPECT_TRUE(store.update(snapshot(), 0, persist).ok());  // 0: unconditional
+  EXPECT_EQ(store.current()->version, 3u);
+  EXPECT_EQ(persisted, (std::vector<uint64_t>{2, 3}));
+  // A failed persist leaves the policy as it was.
+  auto failed = store.update(snapshot(), 3, [](const PolicySnapshot&) { return absl::UnavailableError("disk"); });
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(store.current()->version, 3u);
+  PolicySnapshot bad = snapshot();
+  bad.max_message_size = 1;
+  EXPECT_EQ(store.update(bad, 0, persist).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RateLimiter, SlidingWindow) {
+  RateLimiter rl;
+  const int64_t t0 = 600000;  // a window start
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(rl.allow("a", 3, t0 + i));
+  EXPECT_FALSE(rl.allow("a", 3, t0 + 10));
+  EXPECT_TRUE(rl.allow("b", 3, t0 + 10));  // keys are separate
+  EXPECT_TRUE(rl.allow("a", 0, t0 + 10));  // 0: unlimited
+  // Half into the next window, half of the previous count still weighs.
+  EXPECT_TRUE(rl.allow("a", 3, t0 + 90000));   // 1.5 + 0 + 1 <= 3
+  EXPECT_FALSE(rl.allow("a", 3, t0 + 90001));  // 1.5 + 1 + 1 > 3
+  // Two windows later the count is gone, and idle keys are swept.
+  EXPECT_TRUE(rl.allow("a", 1, t0 + 300000));
+  EXPECT_FALSE(rl.allow("a", 1, t0 + 300001));
+  EXPECT_EQ(rl.keys(), 2u);  // "a" and "b" (swept only when its shard is next used)
+}
+
 }  // namespace
 }  // namespace smtpd::policy

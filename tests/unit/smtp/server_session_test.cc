@@ -132,6 +132,24 @@ TEST(Mail, SizeParameter) {
   EXPECT_EQ(*h.session.envelope().declared_size, 100u);
 }
 
+TEST(Mail, NewLimitsApplyFromTheNextTransaction) {
+  Harness h(plain());
+  ready(h);
+  EXPECT_EQ(h.run("MAIL FROM:<a@x.test> SIZE=5000\r\n"), "250 2.1.0 Ok\r\n");
+  h.session.set_limits(2000, 1);  // a policy update mid-transaction
+  EXPECT_EQ(h.run("RCPT TO:<b@x.test>\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(h.run("RCPT TO:<c@x.test>\r\n"), "250 2.1.5 Ok\r\n");  // the old limit still holds
+  EXPECT_EQ(h.run("RSET\r\n"), "250 2.0.0 Ok\r\n");
+  EXPECT_EQ(h.run("MAIL FROM:<a@x.test> SIZE=5000\r\n"),
+            "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+  EXPECT_EQ(h.run("MAIL FROM:<a@x.test> SIZE=1000\r\n"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(h.run("RCPT TO:<b@x.test>\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(h.run("RCPT TO:<c@x.test>\r\n"), "452 4.5.3 Too many recipients\r\n");
+  h.session.set_limits(3000, 5);  // between transactions: at once, EHLO shows it
+  EXPECT_EQ(h.run("RSET\r\n"), "250 2.0.0 Ok\r\n");
+  EXPECT_NE(h.run("EHLO c.test\r\n").find("250-SIZE 3000\r\n"), std::string::npos);
+}
+
 TEST(Mail, Parameters) {
   Harness h(plain());
   ready(h);
