@@ -66,6 +66,24 @@ bool wants_delay_dsn(const smtp::Recipient& r) {
   return r.notify == 0 || (r.notify & smtp::kNotifyDelay);
 }
 
+const char* recipient_state_name(const RecipientState& st, bool in_flight) {
+  if (in_flight) return "delivering";
+  switch (st.status) {
+    case RecipientStatus::kQueued: return "queued";
+    case RecipientStatus::kDeferred: return "deferred";
+    case RecipientStatus::kDelivered: return "delivered";
+    case RecipientStatus::kFailed: return "failed";
+  }
+  return "queued";
+}
+
+std::vector<std::string> recipient_list(const MessageRecord& r) {
+  std::vector<std::string> out;
+  for (const smtp::Recipient& rc : r.envelope.recipients) out.push_back(rc.path.str());
+  return out;
+}
+
+
 }  // namespace
 
 std::string encode_state(const MessageState& state) {
@@ -203,6 +221,12 @@ void QueueManager::enqueue(const MessageRecord& record) {
       wake_ = true;
     }
   }
+  QueueEvent ev;
+  ev.kind = QueueEvent::Kind::kQueued;
+  ev.id = record.id;
+  ev.sender = record.envelope.sender.str();
+  ev.recipients = recipient_list(record);
+  emit(std::move(ev));
   if (loop) settle(record.id);
 }
 
@@ -277,6 +301,15 @@ void QueueManager::start_job(Job job) {
   const std::string id = job.request.record.id;
   const std::string route = job.request.route;
   std::vector<size_t> rcpts = job.request.recipients;
+  if (has_watchers_.load(std::memory_order_relaxed)) {
+    QueueEvent ev;
+    ev.kind = QueueEvent::Kind::kAttempt;
+    ev.id = id;
+    ev.sender = job.request.record.envelope.sender.str();
+    for (size_t i : rcpts) ev.recipients.push_back(job.request.record.envelope.recipients[i].path.str());
+    ev.route = route;
+    emit(std::move(ev));
+  }
   transport_.deliver(std::move(job.request),
                      [this, destination, id, route, rcpts](std::vector<AttemptOutcome> outcomes) {
                        on_done(destination, id, route, rcpts, std::move(outcomes));
@@ -335,14 +368,26 @@ void QueueManager::on_done(const std::string& destination, const std::string& id
           st.status = RecipientStatus::kDeferred;
           st.next_attempt_ms = t + backoff_ms(st.attempts);
         }
-        if (options_.on_attempt) observed.emplace_back(k, st);
+        e.attempts.push_back({t, i, route, o.remote_host, st.status, st.last_reply});
+        if (e.attempts.size() > 100) e.attempts.pop_front();
+        observed.emplace_back(k, st);
       }
-      if (options_.on_attempt) record_copy = e.record;
+      record_copy = e.record;
     }
   }
   for (auto& [k, st] : observed) {
     const AttemptOutcome o = k < outcomes.size() ? outcomes[k] : AttemptOutcome();
-    options_.on_attempt(record_copy, rcpts[k], route, o, st);
+    if (options_.on_attempt) options_.on_attempt(record_copy, rcpts[k], route, o, st);
+    QueueEvent ev;
+    ev.kind = st.status == RecipientStatus::kDelivered ? QueueEvent::Kind::kDelivered
+              : st.status == RecipientStatus::kFailed  ? QueueEvent::Kind::kFailed
+                                                       : QueueEvent::Kind::kDeferred;
+    ev.id = id;
+    ev.sender = record_copy.envelope.sender.str();
+    ev.recipients = {record_copy.envelope.recipients[rcpts[k]].path.str()};
+    ev.reply = st.last_reply;
+    ev.route = route;
+    emit(std::move(ev));
   }
   settle(id);
   if (next_job) start_job(std::move(*next_job));
@@ -412,8 +457,19 @@ void QueueManager::settle(const std::string& id) {
     schedule_locked(id, now() + options_.min_backoff.count());
     return;
   }
-  absl::MutexLock lock(&mu_);
-  entries_.erase(id);
+  {
+    absl::MutexLock lock(&mu_);
+    entries_.erase(id);
+  }
+  QueueEvent ev;
+  ev.kind = QueueEvent::Kind::kRemoved;
+  ev.id = id;
+  ev.sender = e.record.envelope.sender.str();
+  ev.recipients = recipient_list(e.record);
+  size_t delivered = 0;
+  for (const RecipientState& st : e.states) delivered += st.status == RecipientStatus::kDelivered ? 1 : 0;
+  ev.reply = std::to_string(delivered) + " delivered, " + std::to_string(e.states.size() - delivered) + " failed";
+  emit(std::move(ev));
 }
 
 bool QueueManager::send_dsn(const Entry& e, bool delay_only, const std::vector<size_t>& which) {
@@ -501,6 +557,7 @@ absl::Status QueueManager::release(const std::string& id) { return set_held(id, 
 absl::Status QueueManager::set_held(const std::string& id, bool held) {
   std::lock_guard<std::recursive_mutex> serial(settle_mu_);
   std::string state;
+  QueueEvent ev;
   {
     absl::MutexLock lock(&mu_);
     auto it = entries_.find(id);
@@ -511,8 +568,14 @@ absl::Status QueueManager::set_held(const std::string& id, bool held) {
       schedule_locked(id, now());
       wake_ = true;
     }
+    ev.kind = held ? QueueEvent::Kind::kHeld : QueueEvent::Kind::kReleased;
+    ev.id = id;
+    ev.sender = it->second.record.envelope.sender.str();
+    ev.recipients = recipient_list(it->second.record);
   }
-  return spool_.put_state(id, state);
+  absl::Status s = spool_.put_state(id, state);
+  if (s.ok()) emit(std::move(ev));
+  return s;
 }
 
 bool QueueManager::held(const std::string& id) {
@@ -521,14 +584,173 @@ bool QueueManager::held(const std::string& id) {
   return it != entries_.end() && it->second.held;
 }
 
+
+const char* MessageView::state() const {
+  if (held) return "held";
+  if (!in_flight.empty()) return "delivering";
+  for (const RecipientState& st : states) {
+    if (st.status == RecipientStatus::kDeferred) return "deferred";
+  }
+  return "queued";
+}
+
+const char* to_string(QueueEvent::Kind k) {
+  switch (k) {
+    case QueueEvent::Kind::kQueued: return "queued";
+    case QueueEvent::Kind::kAttempt: return "attempt";
+    case QueueEvent::Kind::kDelivered: return "delivered";
+    case QueueEvent::Kind::kDeferred: return "deferred";
+    case QueueEvent::Kind::kFailed: return "failed";
+    case QueueEvent::Kind::kRemoved: return "removed";
+    case QueueEvent::Kind::kHeld: return "held";
+    case QueueEvent::Kind::kReleased: return "released";
+  }
+  return "unknown";
+}
+
+MessageView QueueManager::view_of(const Entry& e) {
+  MessageView v;
+  v.record = e.record;
+  v.states = e.states;
+  v.in_flight = e.in_flight;
+  v.held = e.held;
+  v.attempts.assign(e.attempts.begin(), e.attempts.end());
+  return v;
+}
+
 QueueStats QueueManager::stats() {
   absl::MutexLock lock(&mu_);
   QueueStats s;
   s.messages = entries_.size();
-  for (auto& [id, e] : entries_) s.held += e.held ? 1 : 0;
   s.in_flight = total_active_;
   for (auto& [d, q] : waiting_) s.waiting += q.size();
+  for (auto& [id, e] : entries_) {
+    s.held += e.held ? 1 : 0;
+    if (s.oldest_arrival_unix_us == 0 || e.record.arrival_unix_us < s.oldest_arrival_unix_us) {
+      s.oldest_arrival_unix_us = e.record.arrival_unix_us;
+    }
+    const char* mstate = "queued";
+    if (e.held) {
+      mstate = "held";
+    } else if (!e.in_flight.empty()) {
+      mstate = "delivering";
+    }
+    for (size_t i = 0; i < e.states.size(); ++i) {
+      const RecipientState& st = e.states[i];
+      ++s.recipients_by_state[recipient_state_name(st, e.in_flight.count(i) > 0)];
+      if (st.status == RecipientStatus::kDeferred && std::string_view(mstate) == "queued") mstate = "deferred";
+      if (st.final()) continue;
+      const smtp::Recipient& r = e.record.envelope.recipients[i];
+      const std::string domain = r.path.postmaster ? "localhost" : r.path.mailbox.domain_lower();
+      const std::string route = router_(domain);
+      ++s.backlog[route == "mx" ? "mx:" + domain : route];
+    }
+    ++s.messages_by_state[mstate];
+  }
   return s;
+}
+
+std::optional<MessageView> QueueManager::get(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return std::nullopt;
+  return view_of(it->second);
+}
+
+std::vector<MessageView> QueueManager::list(const std::string& after, size_t limit,
+                                            const std::function<bool(const MessageView&)>& match, bool* more) {
+  std::vector<MessageView> out;
+  if (more) *more = false;
+  absl::MutexLock lock(&mu_);
+  for (auto it = after.empty() ? entries_.begin() : entries_.upper_bound(after); it != entries_.end(); ++it) {
+    MessageView v = view_of(it->second);
+    if (match && !match(v)) continue;
+    if (out.size() == limit) {
+      if (more) *more = true;
+      break;
+    }
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+absl::Status QueueManager::retry(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return absl::NotFoundError("no message " + id + " in the queue");
+  Entry& e = it->second;
+  if (e.held) return absl::FailedPreconditionError("message " + id + " is held: release it first");
+  const int64_t t = now();
+  for (size_t i = 0; i < e.states.size(); ++i) {
+    if (!e.states[i].final() && !e.in_flight.count(i)) e.states[i].next_attempt_ms = t;
+  }
+  schedule_locked(id, t);
+  wake_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status QueueManager::remove(const std::string& id, bool bounce) {
+  std::lock_guard<std::recursive_mutex> serial(settle_mu_);
+  QueueEvent ev;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return absl::NotFoundError("no message " + id + " in the queue");
+    Entry& e = it->second;
+    if (!e.in_flight.empty()) {
+      return absl::FailedPreconditionError("message " + id + " is being delivered; try again in a moment");
+    }
+    if (bounce) {
+      for (RecipientState& st : e.states) {
+        if (st.final()) continue;
+        st.status = RecipientStatus::kFailed;
+        st.last_reply = "550 5.0.0 Message deleted by the queue administrator";  // RFC 3463 X.0.0: other
+        st.remote_host.clear();
+      }
+      e.held = false;
+    }
+    ev.kind = QueueEvent::Kind::kRemoved;
+    ev.id = id;
+    ev.sender = e.record.envelope.sender.str();
+    ev.recipients = recipient_list(e.record);
+    ev.reply = bounce ? "deleted by the administrator, bounced" : "deleted by the administrator";
+  }
+  if (bounce) {
+    // settle() persists the failures, sends the DSN and removes the message
+    // (or leaves it scheduled to try again when the spool refuses).
+    settle(id);
+    absl::MutexLock lock(&mu_);
+    if (entries_.count(id)) return absl::UnavailableError("spool error: the bounce will be retried");
+    return absl::OkStatus();
+  }
+  if (absl::Status s = spool_.remove(id); !s.ok()) return absl::UnavailableError(s.ToString());
+  {
+    absl::MutexLock lock(&mu_);
+    entries_.erase(id);
+  }
+  emit(std::move(ev));
+  return absl::OkStatus();
+}
+
+uint64_t QueueManager::subscribe(std::function<void(const QueueEvent&)> watcher) {
+  absl::MutexLock lock(&watchers_mu_);
+  const uint64_t token = next_watcher_++;
+  watchers_[token] = std::move(watcher);
+  has_watchers_ = true;
+  return token;
+}
+
+void QueueManager::unsubscribe(uint64_t token) {
+  absl::MutexLock lock(&watchers_mu_);
+  watchers_.erase(token);
+  has_watchers_ = !watchers_.empty();
+}
+
+void QueueManager::emit(QueueEvent event) {
+  if (!has_watchers_.load(std::memory_order_relaxed)) return;
+  if (event.unix_ms == 0) event.unix_ms = now();
+  absl::MutexLock lock(&watchers_mu_);
+  for (auto& [token, w] : watchers_) w(event);
 }
 
 std::vector<RecipientState> QueueManager::states(const std::string& id) {

@@ -14,13 +14,15 @@
 // - A message with too many Received headers fails at once (5.4.6 loop).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <deque>
 #include <cstdint>
 #include <functional>
 #include <map>
-#include <mutex>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <queue>
 #include <random>
 #include <set>
@@ -79,9 +81,52 @@ struct QueueOptions {
 struct QueueStats {
   size_t messages = 0;
   size_t held = 0;
-  size_t in_flight = 0;
-  size_t waiting = 0;  // jobs waiting for a destination slot
+  size_t in_flight = 0;  // jobs handed to transports
+  size_t waiting = 0;    // jobs waiting for a destination slot
+  // Messages by state ("queued", "deferred", "held", "delivering") and
+  // recipients by state ("queued", "deferred", "delivering", "delivered",
+  // "failed").
+  std::map<std::string, uint64_t> messages_by_state;
+  std::map<std::string, uint64_t> recipients_by_state;
+  int64_t oldest_arrival_unix_us = 0;  // 0: empty
+  // Recipients not yet final per destination (a route, or "mx:DOMAIN").
+  std::map<std::string, uint64_t> backlog;
 };
+
+// One delivery attempt for one recipient, kept in memory for the control
+// plane (the durable state keeps the count and the last reply).
+struct AttemptRecord {
+  int64_t unix_ms = 0;
+  size_t recipient = 0;
+  std::string route;
+  std::string remote_host;
+  RecipientStatus result = RecipientStatus::kDeferred;
+  std::string reply;
+};
+
+// A copy of one queued message and its delivery state.
+struct MessageView {
+  MessageRecord record;
+  std::vector<RecipientState> states;
+  std::set<size_t> in_flight;
+  bool held = false;
+  std::vector<AttemptRecord> attempts;  // oldest first, since start (at most 100)
+  // "held", "delivering", "deferred" or "queued", in that order of precedence.
+  const char* state() const;
+};
+
+// What happens in the queue, for watchers (the control plane's WatchQueue).
+struct QueueEvent {
+  enum class Kind { kQueued, kAttempt, kDelivered, kDeferred, kFailed, kRemoved, kHeld, kReleased };
+  Kind kind = Kind::kQueued;
+  std::string id;
+  int64_t unix_ms = 0;
+  std::string sender;
+  std::vector<std::string> recipients;  // the message's (kQueued, kRemoved, kHeld, kReleased) or the ones concerned
+  std::string reply;                    // delivered/deferred/failed: the reply; removed: why
+  std::string route;                    // attempt and its outcomes
+};
+const char* to_string(QueueEvent::Kind k);
 
 class QueueManager {
  public:
@@ -109,6 +154,26 @@ class QueueManager {
   absl::Status hold(const std::string& id);
   absl::Status release(const std::string& id);
   bool held(const std::string& id);
+  // Makes the pending recipients due now. NOT_FOUND; FAILED_PRECONDITION
+  // for a held message.
+  absl::Status retry(const std::string& id);
+  // Removes a message. With `bounce`, recipients not yet final fail
+  // (5.0.0, deleted by the administrator) and the sender gets a DSN as
+  // NOTIFY allows; without, it goes silently. NOT_FOUND;
+  // FAILED_PRECONDITION while a delivery of it is in flight.
+  absl::Status remove(const std::string& id, bool bounce);
+
+  // Copies for the control plane. list(): messages in id (arrival) order
+  // after `after` (exclusive; "" from the start) for which `match` is true,
+  // at most `limit`; `more` says whether others match beyond them.
+  std::optional<MessageView> get(const std::string& id);
+  std::vector<MessageView> list(const std::string& after, size_t limit,
+                                const std::function<bool(const MessageView&)>& match, bool* more);
+
+  // Event watchers: called on queue threads, synchronously, so they must
+  // be quick and never block or call back into the queue.
+  uint64_t subscribe(std::function<void(const QueueEvent&)> watcher);
+  void unsubscribe(uint64_t token);
 
  private:
   struct Entry {
@@ -116,6 +181,7 @@ class QueueManager {
     std::vector<RecipientState> states;
     std::set<size_t> in_flight;  // recipient indexes handed to a transport ("delivering")
     bool held = false;
+    std::deque<AttemptRecord> attempts;
   };
   struct Job {
     std::string destination;
@@ -138,6 +204,8 @@ class QueueManager {
   // committed (the caller tries again later).
   bool send_dsn(const Entry& e, bool delay_only, const std::vector<size_t>& which);
   void scheduler_loop();
+  void emit(QueueEvent event);
+  static MessageView view_of(const Entry& e);
 
   Spool& spool_;
   Transport& transport_;
@@ -158,6 +226,11 @@ class QueueManager {
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
+
+  absl::Mutex watchers_mu_;
+  std::map<uint64_t, std::function<void(const QueueEvent&)>> watchers_ ABSL_GUARDED_BY(watchers_mu_);
+  uint64_t next_watcher_ ABSL_GUARDED_BY(watchers_mu_) = 1;
+  std::atomic<bool> has_watchers_{false};
 };
 
 }  // namespace smtpd::queue

@@ -319,6 +319,112 @@ TEST_F(QueueTest, HoldAndRelease) {
   EXPECT_TRUE(spooled().empty());
 }
 
+TEST_F(QueueTest, RetryMakesDeferredRecipientsDueNow) {
+  make_queue();
+  const MessageRecord m = commit({"bob@y.test"});
+  queue_->enqueue(m);
+  EXPECT_EQ(queue_->tick(), 1u);
+  transport_.answer(smtp::Reply(451, "4.2.1", "busy"));
+  EXPECT_EQ(queue_->tick(), 0u);  // backing off
+  ASSERT_TRUE(queue_->retry(m.id).ok());
+  EXPECT_EQ(queue_->tick(), 1u);
+  transport_.answer(smtp::Reply(250, "2.0.0", "ok"));
+  EXPECT_TRUE(absl::IsNotFound(queue_->retry(m.id)));
+  const MessageRecord h = commit({"bob@y.test"});
+  queue_->enqueue(h);
+  ASSERT_TRUE(queue_->hold(h.id).ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(queue_->retry(h.id)));
+}
+
+TEST_F(QueueTest, RemoveSilentlyOrWithBounce) {
+  make_queue();
+  const MessageRecord quiet = commit({"bob@y.test"});
+  const MessageRecord loud = commit({"carol@y.test", "dave@y.test"});
+  queue_->enqueue(quiet);
+  queue_->enqueue(loud);
+  EXPECT_EQ(queue_->tick(), 2u);
+  EXPECT_TRUE(absl::IsFailedPrecondition(queue_->remove(quiet.id, false)));  // in flight
+  transport_.answer(smtp::Reply(451, "4.2.1", "busy"));
+  transport_.answer(smtp::Reply(451, "4.2.1", "busy"));
+  ASSERT_TRUE(queue_->remove(quiet.id, false).ok());
+  ASSERT_TRUE(queue_->remove(loud.id, true).ok());
+  EXPECT_TRUE(absl::IsNotFound(queue_->remove(loud.id, true)));
+  // Only the bounce is left: one DSN to alice for both of loud's recipients.
+  const auto left = spooled();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_TRUE(left[0].envelope.sender.null);
+  const std::string body = *spool_->read_body(left[0]);
+  EXPECT_THAT(body, HasSubstr("Final-Recipient: rfc822; carol@y.test"));
+  EXPECT_THAT(body, HasSubstr("Final-Recipient: rfc822; dave@y.test"));
+  EXPECT_THAT(body, HasSubstr("Status: 5.0.0"));
+  EXPECT_THAT(body, HasSubstr("deleted by the queue administrator"));
+}
+
+TEST_F(QueueTest, ListGetAndStats) {
+  make_queue();
+  const MessageRecord a = commit({"bob@y.test"});
+  const MessageRecord b = commit({"x@mx1.test", "y@mx1.test"}, "other@x.test");
+  const MessageRecord c = commit({"z@y.test"});
+  for (const auto& m : {a, b, c}) queue_->enqueue(m);
+  ASSERT_TRUE(queue_->hold(c.id).ok());
+  EXPECT_EQ(queue_->tick(), 2u);
+  transport_.answer(smtp::Reply(451, "4.2.1", "busy"));  // a: deferred; b still in flight
+  bool more = false;
+  auto page = queue_->list("", 2, nullptr, &more);
+  ASSERT_EQ(page.size(), 2u);
+  EXPECT_TRUE(more);
+  EXPECT_EQ(page[0].record.id, a.id);
+  EXPECT_STREQ(page[0].state(), "deferred");
+  EXPECT_STREQ(page[1].state(), "delivering");
+  page = queue_->list(page[1].record.id, 2, nullptr, &more);
+  ASSERT_EQ(page.size(), 1u);
+  EXPECT_FALSE(more);
+  EXPECT_STREQ(page[0].state(), "held");
+  auto only_other = queue_->list("", 10, [](const MessageView& v) {
+    return v.record.envelope.sender.str() == "other@x.test";
+  }, &more);
+  ASSERT_EQ(only_other.size(), 1u);
+  EXPECT_EQ(only_other[0].record.id, b.id);
+  auto v = queue_->get(a.id);
+  ASSERT_TRUE(v.has_value());
+  ASSERT_EQ(v->attempts.size(), 1u);
+  EXPECT_EQ(v->attempts[0].reply, "451 4.2.1 busy");
+  EXPECT_EQ(v->attempts[0].route, "relay:smarthost.test:25");
+  EXPECT_FALSE(queue_->get("nope").has_value());
+  const QueueStats st = queue_->stats();
+  EXPECT_EQ(st.messages, 3u);
+  EXPECT_EQ(st.messages_by_state.at("deferred"), 1u);
+  EXPECT_EQ(st.messages_by_state.at("delivering"), 1u);
+  EXPECT_EQ(st.messages_by_state.at("held"), 1u);
+  EXPECT_EQ(st.recipients_by_state.at("delivering"), 2u);
+  EXPECT_EQ(st.backlog.at("mx:mx1.test"), 2u);
+  EXPECT_EQ(st.backlog.at("relay:smarthost.test:25"), 2u);
+  EXPECT_EQ(st.oldest_arrival_unix_us, now_ms_ * 1000);
+  transport_.answer(smtp::Reply(250, "2.0.0", "ok"));
+}
+
+TEST_F(QueueTest, WatchersSeeEveryStep) {
+  make_queue();
+  std::vector<std::string> seen;
+  const uint64_t token = queue_->subscribe([&](const QueueEvent& e) {
+    seen.push_back(std::string(to_string(e.kind)) + (e.recipients.empty() ? "" : ":" + e.recipients[0]));
+  });
+  const MessageRecord m = commit({"bob@y.test"});
+  queue_->enqueue(m);
+  queue_->tick();
+  transport_.answer(smtp::Reply(451, "4.2.1", "busy"));
+  ASSERT_TRUE(queue_->retry(m.id).ok());
+  queue_->tick();
+  transport_.answer(smtp::Reply(550, "5.1.1", "no such user"));
+  EXPECT_EQ(seen, (std::vector<std::string>{"queued:bob@y.test", "attempt:bob@y.test", "deferred:bob@y.test",
+                                            "attempt:bob@y.test", "failed:bob@y.test", "queued:alice@x.test",
+                                            "removed:bob@y.test"}));
+  queue_->unsubscribe(token);
+  const MessageRecord n = commit({"bob@y.test"});
+  queue_->enqueue(n);
+  EXPECT_EQ(seen.size(), 7u);
+}
+
 TEST(States, RoundTrip) {
   std::vector<RecipientState> s(2);
   s[0].status = RecipientStatus::kDeferred;
