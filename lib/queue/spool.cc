@@ -24,6 +24,7 @@ namespace {
 
 constexpr char kMessagePrefix[] = "m/";
 constexpr char kStatePrefix[] = "s/";
+constexpr char kMetaPrefix[] = "x/";
 
 absl::Status errno_status(const std::string& what, int err) {
   const std::string msg = what + ": " + std::strerror(err);
@@ -314,6 +315,10 @@ absl::StatusOr<std::unique_ptr<SpoolWriter>> Spool::begin_message() {
 }
 
 void Spool::commit(std::unique_ptr<SpoolWriter> writer, MessageRecord record, CommitCallback done) {
+  commit(std::move(writer), std::move(record), Meta(), std::move(done));
+}
+
+void Spool::commit(std::unique_ptr<SpoolWriter> writer, MessageRecord record, Meta meta, CommitCallback done) {
   if (writer->status_.ok()) writer->status_ = writer->write_out();
   if (!writer->status_.ok()) {
     done(writer->status_);
@@ -327,7 +332,7 @@ void Spool::commit(std::unique_ptr<SpoolWriter> writer, MessageRecord record, Co
     done(absl::UnavailableError("spool is closing"));
     return;
   }
-  pending_.push_back(Pending{std::move(writer), std::move(record), std::move(done)});
+  pending_.push_back(Pending{std::move(writer), std::move(record), std::move(done), std::move(meta)});
 }
 
 absl::StatusOr<std::string> Spool::commit_and_wait(std::unique_ptr<SpoolWriter> writer, MessageRecord record) {
@@ -404,7 +409,10 @@ void Spool::flush_batch(std::vector<Pending>& batch) {
   if (status.ok()) status = check_space();
   if (status.ok()) {
     rocksdb::WriteBatch wb;
-    for (const Pending& p : batch) wb.Put(kMessagePrefix + p.record.id, encode_record(p.record));
+    for (const Pending& p : batch) {
+      wb.Put(kMessagePrefix + p.record.id, encode_record(p.record));
+      for (const auto& [key, value] : p.meta) wb.Put(kMetaPrefix + key, value);
+    }
     rocksdb::WriteOptions wo;
     wo.sync = true;
     status = from_rocks(db_->Write(wo, &wb), "commit spool records");
@@ -497,6 +505,45 @@ absl::StatusOr<std::string> Spool::get_state(const std::string& id) const {
   if (s.IsNotFound()) return absl::NotFoundError("no state for " + id);
   if (!s.ok()) return from_rocks(s, "read delivery state");
   return value;
+}
+
+absl::Status Spool::put_meta(const std::string& key, std::string_view value) {
+  if (db_broken_.load()) return absl::UnavailableError("spool database failed earlier");
+  if (absl::Status s = check_space(); !s.ok()) return s;
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  const absl::Status s =
+      from_rocks(db_->Put(wo, kMetaPrefix + key, rocksdb::Slice(value.data(), value.size())), "store " + key);
+  if (!s.ok() && !db_broken_.exchange(true) && options_.on_fatal) options_.on_fatal(s);
+  return s;
+}
+
+absl::StatusOr<std::string> Spool::get_meta(const std::string& key) const {
+  std::string value;
+  const rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), kMetaPrefix + key, &value);
+  if (s.IsNotFound()) return absl::NotFoundError("no " + key);
+  if (!s.ok()) return from_rocks(s, "read " + key);
+  return value;
+}
+
+absl::Status Spool::delete_meta(const std::string& key) {
+  if (db_broken_.load()) return absl::UnavailableError("spool database failed earlier");
+  if (absl::Status s = check_space(); !s.ok()) return s;
+  rocksdb::WriteOptions wo;
+  wo.sync = false;
+  const absl::Status s = from_rocks(db_->Delete(wo, kMetaPrefix + key), "delete " + key);
+  if (!s.ok() && !db_broken_.exchange(true) && options_.on_fatal) options_.on_fatal(s);
+  return s;
+}
+
+absl::Status Spool::for_each_meta(const std::string& prefix,
+                                  const std::function<void(const std::string&, const std::string&)>& fn) const {
+  const std::string start = kMetaPrefix + prefix;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(start); it->Valid() && it->key().starts_with(start); it->Next()) {
+    fn(it->key().ToString().substr(sizeof(kMetaPrefix) - 1), it->value().ToString());
+  }
+  return from_rocks(it->status(), "scan " + prefix);
 }
 
 absl::StatusOr<std::string> Spool::read_body(const MessageRecord& record) const {

@@ -24,6 +24,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
@@ -111,6 +112,10 @@ class Spool {
   // (nothing was acknowledged). The record's id, size and extents are
   // filled in from the writer.
   void commit(std::unique_ptr<SpoolWriter> writer, MessageRecord record, CommitCallback done);
+  // commit() that also stores small values (see put_meta) in the same
+  // synced batch as the record: both are durable, or neither.
+  using Meta = std::vector<std::pair<std::string, std::string>>;
+  void commit(std::unique_ptr<SpoolWriter> writer, MessageRecord record, Meta meta, CommitCallback done);
   // commit() that waits for the outcome: for threads that may block (the
   // delivery queue, tools, tests), never for I/O threads.
   absl::StatusOr<std::string> commit_and_wait(std::unique_ptr<SpoolWriter> writer, MessageRecord record);
@@ -122,6 +127,15 @@ class Spool {
   // manager), stored durably next to its record.
   absl::Status put_state(const std::string& id, std::string_view state);
   absl::StatusOr<std::string> get_state(const std::string& id) const;  // NOT_FOUND: none yet
+
+  // Small durable values beside the messages, in their own key space (the
+  // control plane's policy and idempotency keys). put_meta syncs;
+  // delete_meta does not (a lost delete only keeps a value longer).
+  absl::Status put_meta(const std::string& key, std::string_view value);
+  absl::StatusOr<std::string> get_meta(const std::string& key) const;  // NOT_FOUND
+  absl::Status delete_meta(const std::string& key);
+  absl::Status for_each_meta(const std::string& prefix,
+                             const std::function<void(const std::string& key, const std::string& value)>& fn) const;
 
   absl::StatusOr<MessageRecord> get(const std::string& id) const;
   absl::StatusOr<std::string> read_body(const MessageRecord& record) const;
@@ -145,6 +159,7 @@ class Spool {
     std::unique_ptr<SpoolWriter> writer;
     MessageRecord record;
     CommitCallback done;
+    Meta meta;
   };
 
   explicit Spool(SpoolOptions options);

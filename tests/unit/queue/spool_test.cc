@@ -98,6 +98,41 @@ TEST_F(SpoolTest, SurvivesReopenAndIdsIncrease) {
   EXPECT_EQ(bodies, (std::vector<std::string>{"one\r\n", "two\r\n", "three\r\n"}));
 }
 
+TEST_F(SpoolTest, MetaValuesCommitWithTheMessageAndSurviveReopen) {
+  {
+    auto spool = open();
+    ASSERT_TRUE(spool->put_meta("policy", "v1").ok());
+    auto w = *spool->begin_message();
+    ASSERT_TRUE(w->append("x\r\n").ok());
+    MessageRecord rec;
+    rec.envelope.sender.null = true;
+    auto id = spool->commit_and_wait(std::move(w), rec);  // without meta
+    ASSERT_TRUE(id.ok());
+    w = *spool->begin_message();
+    ASSERT_TRUE(w->append("y\r\n").ok());
+    absl::Mutex mu;
+    bool done = false;
+    spool->commit(std::move(w), rec, {{"idem/k1", "with the message"}}, [&](absl::StatusOr<std::string> r) {
+      EXPECT_TRUE(r.ok());
+      absl::MutexLock lock(&mu);
+      done = true;
+    });
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(&done));
+  }
+  auto spool = open();
+  EXPECT_EQ(*spool->get_meta("policy"), "v1");
+  EXPECT_EQ(*spool->get_meta("idem/k1"), "with the message");
+  EXPECT_TRUE(absl::IsNotFound(spool->get_meta("idem/k2").status()));
+  ASSERT_TRUE(spool->put_meta("idem/k2", "two").ok());
+  std::vector<std::string> keys;
+  ASSERT_TRUE(spool->for_each_meta("idem/", [&](const std::string& k, const std::string&) { keys.push_back(k); }).ok());
+  EXPECT_EQ(keys, (std::vector<std::string>{"idem/k1", "idem/k2"}));
+  ASSERT_TRUE(spool->delete_meta("idem/k1").ok());
+  EXPECT_TRUE(absl::IsNotFound(spool->get_meta("idem/k1").status()));
+  EXPECT_EQ(spool->message_count(), 2u);  // meta values are not messages
+}
+
 TEST_F(SpoolTest, UncommittedWritesAreDiscardedAtRecovery) {
   {
     auto spool = open();
