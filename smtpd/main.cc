@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "control/server.h"
 #include "lib/config/config.h"
 #include "lib/net/auth.h"
 #include "lib/net/server.h"
@@ -315,9 +316,18 @@ int main(int argc, char** argv) {
     return 1;
   }
   LogLine(Level::kInfo, "spool_recovered").add("path", cfg.spool_path).add("messages", (*spool)->message_count()).emit();
-  // The policy: the configured one, or the last one set through the API
-  // (kept in the spool).
-  smtpd::policy::PolicyStore policy(cfg.policy);
+  // The policy: the last one set through the API (kept in the spool), else
+  // the configured one.
+  auto stored = smtpd::control::load_stored_policy(**spool);
+  if (!stored.ok()) {
+    LogLine(Level::kError, "policy_load_failed").add("error", stored.status().ToString()).emit();
+    return 1;
+  }
+  if (*stored) {
+    LogLine(Level::kInfo, "policy_restored").add("version", (*stored)->version).add("by", (*stored)->updated_by)
+        .add("note", "the stored policy replaces the config file's policy and routes").emit();
+  }
+  smtpd::policy::PolicyStore policy(*stored ? **stored : cfg.policy);
   smtpd::delivery::SmtpTransportOptions smtp_out;
   smtp_out.helo_name = cfg.hostname;
   smtp_out.tls = cfg.delivery_tls == "none"      ? smtpd::smtp::TlsPolicy::kNone
@@ -351,7 +361,21 @@ int main(int argc, char** argv) {
   } else {
     queue->start();
   }
-  smtpd::net::ServerDeps deps{&cfg, spool->get(), &policy, &users};
+  std::unique_ptr<smtpd::control::ControlServer> control;
+  if (!cfg.control_address.empty()) {
+    auto started = smtpd::control::ControlServer::start({&cfg, spool->get(), queue.get(), &policy});
+    if (!started.ok()) {
+      LogLine(Level::kError, "start_failed").add("error", started.status().ToString()).emit();
+      queue->stop();
+      dispatcher.stop();
+      (*spool)->close();
+      return 1;
+    }
+    control = *std::move(started);
+  }
+  smtpd::net::ServerDeps deps{&cfg, spool->get(), &policy, &users, [&control] {
+                                if (control) control->set_serving(false);  // health first, then the listeners
+                              }};
   int rc = 0;
   {
     smtpd::net::Server server(deps);
@@ -362,6 +386,8 @@ int main(int argc, char** argv) {
       server.run();
     }
   }
+  // No more API calls (watch streams end) before the queue goes away.
+  if (control) control->shutdown();
   // The queue stops handing out work, running deliveries finish (their
   // outcomes are recorded), then nothing else touches the spool.
   queue->stop();

@@ -54,9 +54,10 @@ std::string received_header(const ReceivedInfo& info) {
   if (!info.auth_user.empty()) {
     h += "\t(Authenticated sender: " + header_safe(info.auth_user) + ")\r\n";
   }
-  h += "\tby " + info.by_host + " (smtpd) with " +
-       with_protocol(info.esmtp, info.tls, !info.auth_user.empty(), info.smtputf8) + " id " +
-       info.queue_id + "\r\n";
+  const std::string with = info.protocol.empty()
+                               ? with_protocol(info.esmtp, info.tls, !info.auth_user.empty(), info.smtputf8)
+                               : header_safe(info.protocol);
+  h += "\tby " + info.by_host + " (smtpd) with " + with + " id " + info.queue_id + "\r\n";
   if (!info.single_recipient.empty()) {
     // The recipient may carry UTF-8 (SMTPUTF8 transactions); it is an
     // addr-spec that the session already validated.

@@ -23,6 +23,7 @@ struct ReceivedInfo {
   bool smtputf8 = false;
   std::string single_recipient;  // "for <x>" only with exactly one recipient
   int64_t unix_seconds = 0;
+  std::string protocol;  // "with" value; empty: computed by with_protocol()
 };
 
 // RFC 5322 3.3 date-time in UTC, e.g. "Fri, 04 Dec 2026 20:44:43 +0000".

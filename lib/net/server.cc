@@ -638,6 +638,7 @@ awaitable<void> Server::Impl::accept_loop(ListenerState& l) {
 
 void Server::Impl::begin_drain(int signal) {
   if (draining.exchange(true)) return;
+  if (deps.on_drain) deps.on_drain();
   LogLine(Level::kInfo, "draining").add("signal", signal).add("timeout_ms",
       static_cast<int64_t>(deps.config->drain_timeout.count())).emit();
   for (auto& l : listeners) {

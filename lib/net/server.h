@@ -30,6 +30,9 @@ struct ServerDeps {
   queue::Spool* spool = nullptr;
   policy::PolicyStore* policy = nullptr;
   const UserDatabase* users = nullptr;  // may be empty: AUTH not offered
+  // Called once when a drain begins (SIGTERM/SIGINT), before the
+  // listeners close: the control plane's health goes NOT_SERVING.
+  std::function<void()> on_drain;
 };
 
 class Server {
