@@ -119,7 +119,14 @@ void merge(YAML::Node base, const YAML::Node& over) {
 absl::StatusOr<YAML::Node> find(YAML::Node root, const std::string& path, const YAML::Node& defaults) {
   YAML::Node node = root;
   std::string so_far;
-  for (const std::string& part : split(path, '.')) {
+  std::vector<std::string> parts = split(path, '.');
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (free_form(so_far) && i + 1 < parts.size()) {
+      // Keys of a free-form map are domains: "routes.mail.example.com".
+      for (size_t j = i + 1; j < parts.size(); ++j) parts[i] += "." + parts[j];
+      parts.resize(i + 1);
+    }
+    const std::string& part = parts[i];
     so_far += (so_far.empty() ? "" : ".") + part;
     if (node.IsSequence()) {
       YAML::Node found;
@@ -134,7 +141,7 @@ absl::StatusOr<YAML::Node> find(YAML::Node root, const std::string& path, const 
       node.reset(found);  // operator= would assign into the node, not rebind
     } else if (node.IsMap()) {
       if (!node[part]) {
-        const std::string parent = so_far.substr(0, so_far.rfind('.') == std::string::npos ? 0 : so_far.rfind('.'));
+        const std::string parent = so_far.substr(0, so_far.size() - part.size() - (so_far.size() > part.size() ? 1 : 0));
         if (!free_form(parent)) return key_error(so_far, "unknown key");
         node[part] = "";
       }
@@ -395,10 +402,11 @@ absl::Status convert(const YAML::Node& root, Config& c) {
     // DESIGN.md security defaults: plaintext gRPC without tokens only on
     // loopback.
     const bool loopback = host == "127.0.0.1" || host == "::1" || host == "localhost";
-    if (!loopback && (c.control_tls_cert_file.empty() || c.control_tokens_file.empty())) {
+    if (!loopback && (c.control_tls_cert_file.empty() ||
+                      (c.control_tokens_file.empty() && c.control_client_ca_file.empty()))) {
       return key_error("control.address", "'" + c.control_address +
-                                              "' is not loopback: set control.tls_cert_file, control.tls_key_file "
-                                              "and control.tokens_file");
+                                              "' is not loopback: set control.tls_cert_file and control.tls_key_file, "
+                                              "and control.tokens_file or control.client_ca_file");
     }
   }
   if (absl::Status s = convert_policy(root, c); !s.ok()) return s;

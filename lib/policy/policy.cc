@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 
@@ -263,8 +264,17 @@ absl::Status PolicySnapshot::validate() const {
       const AccessRule& r = (*rules)[i];
       const std::string f = name + "[" + std::to_string(i) + "]";
       if (r.pattern.empty()) return field(f + ".pattern", "must not be empty");
-      if (r.pattern != "*" && !valid_domain_pattern(r.pattern.substr(r.pattern.front() == '@' ? 1 : 0)) &&
-          r.pattern.back() != '@') {
+      const size_t at = r.pattern.rfind('@');
+      const std::string local = at == std::string::npos ? "" : r.pattern.substr(0, at);
+      const bool local_ok = std::none_of(local.begin(), local.end(), [](char c) {
+        return static_cast<unsigned char>(c) <= ' ' || c == '<' || c == '>';
+      });
+      const bool ok = r.pattern == "*" ||
+                      (at == std::string::npos ? valid_domain_pattern(r.pattern)
+                       : at + 1 == r.pattern.size()
+                           ? !local.empty() && local_ok
+                           : local_ok && valid_domain_pattern(r.pattern.substr(at + 1)));
+      if (!ok) {
         return field(f + ".pattern", "'" + r.pattern + "' is not an address, @domain, domain, .domain, local@ or *");
       }
       if (!r.allow) {

@@ -71,6 +71,13 @@ TEST(Config, ErrorsNameTheKey) {
       {{"log.level=loud"}, "config: log.level:"},
       {{"novalue"}, "expected KEY=VALUE"},
       {{"policy=1"}, "config: policy: is a section"},
+      {{"control.address=0.0.0.0:50051"}, "config: control.address: '0.0.0.0:50051' is not loopback"},
+      {{"control.tls_cert_file=/c.pem"}, "config: control.tls_key_file: control.tls_cert_file and"},
+      {{"control.client_ca_file=/ca.pem"}, "config: control.client_ca_file: mutual TLS needs"},
+      {{"policy.sender_access=spam.test reject"}, "config: policy.sender_access: 'spam.test reject' is not"},
+      {{"policy.recipient_access=x.test deny 250 2.0.0 fine"}, "config: policy.recipient_access:"},
+      {{"policy.outbound_tls.bank.test=sometimes"}, "config: policy.outbound_tls.bank.test: 'sometimes'"},
+      {{"routes.x.test=smtp:host"}, "config: routes.x.test:"},
   };
   for (const auto& [overrides, expected] : cases) {
     Sources s;
@@ -79,6 +86,25 @@ TEST(Config, ErrorsNameTheKey) {
     ASSERT_FALSE(c.ok()) << overrides[0];
     EXPECT_THAT(std::string(c.status().message()), HasSubstr(expected)) << overrides[0];
   }
+}
+
+TEST(Config, PolicyRulesAndControl) {
+  Sources s;
+  s.overrides = {"policy.sender_access=vip@spam.test allow,spam.test deny 550 5.7.1 No spam please",
+                 "policy.outbound_tls.bank.test=verify", "policy.messages_per_sender_per_minute=30",
+                 "control.address=0.0.0.0:50051", "control.tls_cert_file=/c.pem", "control.tls_key_file=/k.pem",
+                 "control.tokens_file=/tokens", "routes.lmtp.test=lmtp:127.0.0.1:24"};
+  auto c = load(s);
+  ASSERT_TRUE(c.ok()) << c.status();
+  const policy::PolicySnapshot& p = c->config.policy;
+  ASSERT_EQ(p.sender_access.size(), 2u);
+  EXPECT_TRUE(p.sender_access[0].allow);
+  EXPECT_EQ(p.sender_access[1].reply_text(), "550 5.7.1 No spam please");
+  EXPECT_EQ(p.tls_for("bank.test"), policy::TlsMode::kVerify);
+  EXPECT_EQ(p.messages_per_sender_per_minute, 30u);
+  EXPECT_EQ(p.route_for("lmtp.test"), "lmtp:127.0.0.1:24");
+  EXPECT_EQ(p.route_for("localhost"), "maildir:var/mail");
+  EXPECT_EQ(c->config.control_tokens_file, "/tokens");
 }
 
 TEST(Config, PrintConfigRedactsSecrets) {

@@ -125,6 +125,10 @@ TEST(PolicySnapshot, ValidateNamesTheField) {
   p = PolicySnapshot();
   p.sender_access = {rule("")};
   EXPECT_EQ(p.validate().message().substr(0, 24), "sender_access[0].pattern");
+  p.sender_access = {rule("a b@x.test")};
+  EXPECT_EQ(p.validate().message().substr(0, 24), "sender_access[0].pattern");
+  p.sender_access = {rule("vip@x.test"), rule("@x.test"), rule("x.test"), rule(".x.test"), rule("abuse@"), rule("*")};
+  EXPECT_TRUE(p.validate().ok()) << p.validate();
   p = PolicySnapshot();
   p.outbound_tls = {{"x.test", TlsMode::kDefault}};
   EXPECT_EQ(p.validate().message().substr(0, 19), "outbound_tls.x.test");
