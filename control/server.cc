@@ -166,6 +166,8 @@ class Watcher final : public grpc::ServerWriteReactor<v1::QueueEvent> {
  public:
   Watcher(queue::QueueManager& q, v1::Filter filter) : queue_(q), filter_(std::move(filter)) {
     token_ = queue_.subscribe([this](const queue::QueueEvent& e) { push(e); });
+    // Tells the client the watch is in place: events from now on reach it.
+    StartSendInitialMetadata();
   }
 
   void OnWriteDone(bool ok) override {

@@ -160,6 +160,7 @@ absl::Status QueueManager::load() {
         if (decoded.ok()) {
           e.states = std::move(decoded->recipients);
           e.held = decoded->held;
+          e.loop_checked = true;  // it was planned (or held) before
         }
       }
       const std::string id = r.id;
@@ -196,30 +197,18 @@ bool QueueManager::loop_detected(const MessageRecord& r) {
 }
 
 void QueueManager::enqueue(const MessageRecord& record) {
+  // Cheap: runs on the spool's flusher thread for every commit. The loop
+  // check reads the message, so the scheduler does it (tick()).
   {
     absl::MutexLock lock(&mu_);
     if (entries_.count(record.id)) return;  // already known (a DSN is announced twice)
-  }
-  const bool loop = loop_detected(record);
-  {
-    absl::MutexLock lock(&mu_);
-    if (entries_.count(record.id)) return;
     Entry e;
     e.record = record;
     const int64_t t = now();
     e.states.assign(record.envelope.recipients.size(), RecipientState{RecipientStatus::kQueued, 0, t, "", "", false});
-    if (loop) {
-      // RFC 5321 6.3: too many trace headers means a mail loop.
-      for (RecipientState& s : e.states) {
-        s.status = RecipientStatus::kFailed;
-        s.last_reply = "554 5.4.6 Too many Received headers: mail loop";
-      }
-    }
     entries_[record.id] = std::move(e);
-    if (!loop) {
-      schedule_locked(record.id, t);
-      wake_ = true;
-    }
+    schedule_locked(record.id, t);
+    wake_ = true;
   }
   QueueEvent ev;
   ev.kind = QueueEvent::Kind::kQueued;
@@ -227,7 +216,6 @@ void QueueManager::enqueue(const MessageRecord& record) {
   ev.sender = record.envelope.sender.str();
   ev.recipients = recipient_list(record);
   emit(std::move(ev));
-  if (loop) settle(record.id);
 }
 
 void QueueManager::schedule_locked(const std::string& id, int64_t when) { due_.push({when, id}); }
@@ -261,9 +249,23 @@ void QueueManager::plan_locked(const std::string& id, std::vector<Job>& jobs) {
   for (auto& [dest, job] : by_destination) jobs.push_back(std::move(job));
 }
 
+void QueueManager::dispatch_locked(std::vector<Job>& planned, std::vector<Job>& start) {
+  for (Job& job : planned) {
+    if (active_[job.destination] < options_.per_destination && total_active_ < options_.total_in_flight) {
+      ++active_[job.destination];
+      ++total_active_;
+      start.push_back(std::move(job));
+    } else {
+      waiting_[job.destination].push_back(std::move(job));
+    }
+  }
+  planned.clear();
+}
+
 size_t QueueManager::tick() {
   std::vector<Job> start;
   std::vector<std::string> to_settle;
+  std::vector<MessageRecord> to_check;
   {
     absl::MutexLock lock(&mu_);
     const int64_t t = now();
@@ -279,17 +281,48 @@ size_t QueueManager::tick() {
         to_settle.push_back(id);  // an earlier settle could not finish
         continue;
       }
+      if (!it->second.loop_checked) {
+        to_check.push_back(it->second.record);  // first time due: read it outside the lock
+        continue;
+      }
       plan_locked(id, planned);
     }
-    for (Job& job : planned) {
-      if (active_[job.destination] < options_.per_destination && total_active_ < options_.total_in_flight) {
-        ++active_[job.destination];
-        ++total_active_;
-        start.push_back(std::move(job));
-      } else {
-        waiting_[job.destination].push_back(std::move(job));
+    dispatch_locked(planned, start);
+  }
+  if (!to_check.empty()) {
+    std::vector<bool> loops;
+    for (const MessageRecord& r : to_check) loops.push_back(loop_detected(r));
+    std::vector<QueueEvent> failed;
+    {
+      absl::MutexLock lock(&mu_);
+      std::vector<Job> planned;
+      for (size_t k = 0; k < to_check.size(); ++k) {
+        auto it = entries_.find(to_check[k].id);
+        if (it == entries_.end()) continue;
+        Entry& e = it->second;
+        e.loop_checked = true;
+        if (!loops[k]) {
+          plan_locked(e.record.id, planned);
+          continue;
+        }
+        // RFC 5321 6.3: too many trace headers means a mail loop.
+        for (size_t i = 0; i < e.states.size(); ++i) {
+          if (e.states[i].final()) continue;
+          e.states[i].status = RecipientStatus::kFailed;
+          e.states[i].last_reply = "554 5.4.6 Too many Received headers: mail loop";
+          QueueEvent ev;
+          ev.kind = QueueEvent::Kind::kFailed;
+          ev.id = e.record.id;
+          ev.sender = e.record.envelope.sender.str();
+          ev.recipients = {e.record.envelope.recipients[i].path.str()};
+          ev.reply = e.states[i].last_reply;
+          failed.push_back(std::move(ev));
+        }
+        to_settle.push_back(e.record.id);
       }
+      dispatch_locked(planned, start);
     }
+    for (QueueEvent& ev : failed) emit(std::move(ev));
   }
   for (const std::string& id : to_settle) settle(id);
   for (Job& job : start) start_job(std::move(job));

@@ -11,7 +11,9 @@
 //   acts on it. When all recipients are final, failed ones get a DSN to the
 //   sender (never for <>, and as NOTIFY allows), the DSN is committed as a
 //   new message, and only then does the original leave the spool.
-// - A message with too many Received headers fails at once (5.4.6 loop).
+// - A message with too many Received headers fails before its first
+//   attempt (5.4.6 loop); the scheduler thread reads it for that, never
+//   the spool's flusher.
 #pragma once
 
 #include <atomic>
@@ -181,6 +183,7 @@ class QueueManager {
     std::vector<RecipientState> states;
     std::set<size_t> in_flight;  // recipient indexes handed to a transport ("delivering")
     bool held = false;
+    bool loop_checked = false;  // the Received count is checked before the first attempt
     std::deque<AttemptRecord> attempts;
   };
   struct Job {
@@ -192,6 +195,8 @@ class QueueManager {
   int64_t now() const;
   void schedule_locked(const std::string& id, int64_t when) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void plan_locked(const std::string& id, std::vector<Job>& jobs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts planned jobs within the concurrency limits; queues the rest.
+  void dispatch_locked(std::vector<Job>& planned, std::vector<Job>& start) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void start_job(Job job);
   void on_done(const std::string& destination, const std::string& id, const std::string& route,
                std::vector<size_t> rcpts, std::vector<AttemptOutcome> outcomes);

@@ -432,6 +432,11 @@ void Spool::flush_batch(std::vector<Pending>& batch) {
     commits_.fetch_add(batch.size());
     batches_.fetch_add(1);
   }
+  // The queue learns of each message before its sender hears OK, so that
+  // an acknowledged id is always known to the queue (and its API).
+  if (status.ok() && options_.on_committed) {
+    for (const Pending& p : batch) options_.on_committed(p.record);
+  }
   for (Pending& p : batch) {
     p.writer.reset();  // counted in messages_ now (or failed)
     if (status.ok()) {
@@ -439,9 +444,6 @@ void Spool::flush_batch(std::vector<Pending>& batch) {
     } else {
       p.done(status);
     }
-  }
-  if (status.ok() && options_.on_committed) {
-    for (const Pending& p : batch) options_.on_committed(p.record);
   }
 }
 

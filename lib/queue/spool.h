@@ -60,8 +60,9 @@ struct SpoolOptions {
   // handle must not be used again (its WAL writer is in error), and the
   // process should restart; everything acknowledged is already durable.
   std::function<void(const absl::Status&)> on_fatal;
-  // Called on the flusher thread for every committed message, after its
-  // commit callback (the delivery queue takes it from here).
+  // Called on the flusher thread for every committed message, before its
+  // commit callback (the delivery queue takes it from here). Must be quick:
+  // it delays every acknowledgement of the batch.
   std::function<void(const MessageRecord&)> on_committed;
 };
 

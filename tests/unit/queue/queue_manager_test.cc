@@ -247,7 +247,10 @@ TEST_F(QueueTest, MailLoopFailsAt546) {
   for (int i = 0; i < 51; ++i) body += "Received: from hop" + std::to_string(i) + "\r\n";
   body += "Subject: loop\r\n\r\nx\r\n";
   queue_->enqueue(commit({"bob@y.test"}, "alice@x.test", body));
+  EXPECT_EQ(queue_->tick(), 0u);  // checked before its first attempt: failed, never sent
   EXPECT_EQ(queue_->tick(), 1u);  // only the DSN goes anywhere
+  ASSERT_EQ(transport_.calls.size(), 1u);
+  EXPECT_TRUE(transport_.calls[0].request.record.envelope.sender.null);
   const auto left = spooled();
   ASSERT_EQ(left.size(), 1u);
   EXPECT_THAT(*spool_->read_body(left[0]), HasSubstr("Status: 5.4.6"));
