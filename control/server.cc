@@ -8,6 +8,7 @@
 #include <deque>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "control/access.h"
 #include "control/convert.h"
@@ -105,6 +106,14 @@ struct ControlServer::Impl {
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   std::unique_ptr<grpc::Service> submission, queue, policy;
+  // Unary calls between their handler's start and their Finish: shutdown
+  // lets them end before it cancels what is left (watch streams).
+  std::atomic<int> calls_in_flight{0};
+  struct CallGuard {
+    explicit CallGuard(Impl& i) : impl(i) { ++impl.calls_in_flight; }
+    ~CallGuard() { --impl.calls_in_flight; }
+    Impl& impl;
+  };
 
   explicit Impl(ControlDeps d) : deps(d), idempotency(*d.spool, kIdempotencyRetentionMs) {}
 
@@ -148,7 +157,8 @@ class SubmissionService final : public v1::Submission::CallbackService {
       reactor->Finish(to_grpc(caller.status()));
       return reactor;
     }
-    impl_.send(ctx, *req, *caller, [reactor, resp](absl::StatusOr<v1::SendMailResponse> r) {
+    auto guard = std::make_shared<ControlServer::Impl::CallGuard>(impl_);  // until the commit answers
+    impl_.send(ctx, *req, *caller, [reactor, resp, guard](absl::StatusOr<v1::SendMailResponse> r) {
       if (r.ok()) *resp = *std::move(r);
       reactor->Finish(to_grpc(r.status()));
     });
@@ -388,6 +398,7 @@ class QueueService final : public v1::Queue::CallbackService {
  private:
   template <typename Fn>
   grpc::ServerUnaryReactor* unary(grpc::CallbackServerContext* ctx, Role role, Fn&& fn) {
+    ControlServer::Impl::CallGuard guard(impl_);
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     auto caller = impl_.authorize(ctx, role);
     reactor->Finish(to_grpc(caller.ok() ? fn() : caller.status()));
@@ -771,9 +782,16 @@ void ControlServer::set_serving(bool serving) {
 
 void ControlServer::shutdown() {
   if (!impl_ || !impl_->server) return;
-  impl_->server->GetHealthCheckService()->SetServingStatus(false);
-  // Unary calls finish at once; watch streams are cancelled.
-  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  impl_->server->GetHealthCheckService()->Shutdown();  // NOT_SERVING for good
+  // Unary calls in flight finish (a SendMail waits for its commit, a few
+  // milliseconds); then everything left, watch streams and idle client
+  // connections, is cut at once. (A deadline alone would wait it out in
+  // full for an idle client connection.)
+  const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (impl_->calls_in_flight.load() > 0 && std::chrono::steady_clock::now() < limit) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  impl_->server->Shutdown(std::chrono::system_clock::now());
   impl_->server->Wait();
   impl_->server.reset();
 }

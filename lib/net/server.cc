@@ -240,6 +240,7 @@ awaitable<bool> Connection::read_input() {
   }
   waiting_for_command_ = false;
   bytes_in_ += n;
+  refresh_policy();  // before the machine reads what just arrived
   co_return !ec;
 }
 
@@ -467,7 +468,6 @@ awaitable<void> Connection::run() {
   while (running) {
     switch (machine_->next()) {
       case smtp::EventKind::kNeedInput:
-        refresh_policy();
         if (!co_await flush()) {
           running = false;
         } else if (!co_await read_input()) {

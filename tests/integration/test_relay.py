@@ -29,7 +29,7 @@ class SinkTestCase(DeliveryTestCase):
         if self.start_sink:
             self.sink.start()
         domain, transport = self.route
-        self.settings = {**DeliveryTestCase.settings, f"routes.{domain}": f"{transport}:127.0.0.1:{self.sink.port}",
+        self.settings = {**self.settings, f"routes.{domain}": f"{transport}:127.0.0.1:{self.sink.port}",
                          **self.route_settings}
         super().setUp()
 
