@@ -176,5 +176,31 @@ class KubectlPluginTest(unittest.TestCase):
         self.assertIn("no pods match", self.plugin("stats", pods={}, expect=1).stderr)
 
 
+class KrewManifestTest(unittest.TestCase):
+    def test_release_archive_and_manifest(self):
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+        if os.path.realpath(BIN) != os.path.realpath(os.path.join(root, "build", "bin")):
+            self.skipTest("make-release.sh packs build/bin; this run uses " + BIN)
+        out = tempfile.mkdtemp(prefix="krew-")
+        try:
+            subprocess.run([os.path.join(root, "k8s", "krew", "make-release.sh"), "1.2.3", "https://example.test/r",
+                            out], check=True, capture_output=True, timeout=120)
+            manifest = yaml.safe_load(open(os.path.join(out, "smtpd.yaml")))
+            self.assertEqual(manifest["kind"], "Plugin")
+            self.assertEqual(manifest["metadata"]["name"], "smtpd")
+            self.assertEqual(manifest["spec"]["version"], "v1.2.3")
+            platform = manifest["spec"]["platforms"][0]
+            archive = os.path.join(out, "kubectl-smtpd-v1.2.3-linux-amd64.tar.gz")
+            self.assertEqual(platform["uri"], "https://example.test/r/kubectl-smtpd-v1.2.3-linux-amd64.tar.gz")
+            import hashlib
+            import tarfile
+            self.assertEqual(platform["sha256"], hashlib.sha256(open(archive, "rb").read()).hexdigest())
+            with tarfile.open(archive) as t:
+                self.assertEqual(sorted(t.getnames()), ["SMTPCTL.md", "kubectl-smtpd", "smtpctl"])
+            self.assertEqual(platform["bin"], "kubectl-smtpd")
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+
 if __name__ == "__main__":
     unittest.main()
