@@ -178,6 +178,25 @@ class SmtpctlTest(SmtpctlCase):
             proc.stdout.close()
             proc.stderr.close()
 
+    def test_every_read_command_in_every_format(self):
+        a = self.send()
+        for args in (["queue", "ls"], ["queue", "show", a["queue_id"]], ["stats"], ["health"], ["policy", "get"]):
+            for fmt in ("table", "wide", "json", "yaml"):
+                out = self.ctl(*args, "-o", fmt).stdout
+                self.assertTrue(out.strip(), (args, fmt))
+                if fmt == "json":
+                    self.assertIsInstance(json.loads(out), dict, args)
+                elif fmt == "yaml":
+                    self.assertIsInstance(yaml.safe_load(out), dict, args)
+                    self.assertEqual(yaml.safe_load(out), json.loads(self.ctl(*args, "-o", "json").stdout), args)
+        # JSON is stable: the same state prints the same bytes.
+        self.assertEqual(self.ctl("queue", "ls", "-o", "json").stdout, self.ctl("queue", "ls", "-o", "json").stdout)
+        self.assertEqual(self.ctl("policy", "get", "-o", "json").stdout, self.ctl("policy", "get", "-o", "json").stdout)
+        for fmt in ("table", "json", "yaml"):
+            out = self.ctl("queue", "hold", a["queue_id"], "-o", fmt).stdout
+            self.assertIn(a["queue_id"], out)
+            self.ctl("queue", "release", a["queue_id"], "-o", fmt)
+
     def test_usage_errors(self):
         self.assertIn("subcommand", self.ctl(expect=2).stderr)
         self.ctl("queue", "ls", "-o", "xml", expect=2)
@@ -215,6 +234,25 @@ class SmtpctlTokensTest(SmtpctlCase):
         self.env = {"SMTPCTL_TOKEN": "admin-token-0123456789"}
         self.ctl("--ca", ca, "send", "--from", "a@localhost", "--to", "b@example.com", "--text", "x")
         self.assertIn("UNAVAILABLE", self.ctl("stats", expect=1).stderr)  # plaintext to a TLS port
+
+
+class SmtpctlMutualTlsTest(SmtpctlCase):
+    def setUp(self):
+        from test_grpc import make_certs
+        self.certdir = tempfile.mkdtemp(prefix="smtpctl-mtls-")
+        self.addCleanup(__import__("shutil").rmtree, self.certdir, True)
+        make_certs(self.certdir)
+        self.settings = {"control.client_ca_file": os.path.join(self.certdir, "ca.pem"),
+                         "control.tls_cert_file": os.path.join(self.certdir, "server.pem"),
+                         "control.tls_key_file": os.path.join(self.certdir, "server.key")}
+        super().setUp()
+
+    def test_client_certificate(self):
+        f = lambda n: os.path.join(self.certdir, n)  # noqa: E731
+        self.assertIn("UNAVAILABLE", self.ctl("--ca", f("server.pem"), "health", expect=1).stderr)
+        self.assertEqual(self.ctl("--ca", f("server.pem"), "--cert", f("client.pem"), "--key", f("client.key"),
+                                  "health").stdout, "SERVING\n")
+        self.ctl("--ca", f("server.pem"), "--cert", f("client.pem"), "health", expect=2)  # --key missing
 
 
 if __name__ == "__main__":
