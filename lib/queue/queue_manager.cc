@@ -2,6 +2,7 @@
 
 #include <strings.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "absl/time/clock.h"
@@ -207,15 +208,19 @@ void QueueManager::enqueue(const MessageRecord& record) {
     const int64_t t = now();
     e.states.assign(record.envelope.recipients.size(), RecipientState{RecipientStatus::kQueued, 0, t, "", "", false});
     entries_[record.id] = std::move(e);
+    // Announced before the scheduler can see it, so that watchers always
+    // get "queued" before "attempt" (lock order: mu_, then watchers_mu_).
+    if (has_watchers_.load(std::memory_order_relaxed)) {
+      QueueEvent ev;
+      ev.kind = QueueEvent::Kind::kQueued;
+      ev.id = record.id;
+      ev.sender = record.envelope.sender.str();
+      ev.recipients = recipient_list(record);
+      emit(std::move(ev));
+    }
     schedule_locked(record.id, t);
     wake_ = true;
   }
-  QueueEvent ev;
-  ev.kind = QueueEvent::Kind::kQueued;
-  ev.id = record.id;
-  ev.sender = record.envelope.sender.str();
-  ev.recipients = recipient_list(record);
-  emit(std::move(ev));
 }
 
 void QueueManager::schedule_locked(const std::string& id, int64_t when) { due_.push({when, id}); }
@@ -773,7 +778,18 @@ uint64_t QueueManager::subscribe(std::function<void(const QueueEvent&)> watcher)
   return token;
 }
 
+namespace {
+// Set while this thread runs watchers inside emit(): a watcher that ends
+// itself there (and unsubscribes) must not take the lock again.
+thread_local bool tl_in_emit = false;
+}  // namespace
+
 void QueueManager::unsubscribe(uint64_t token) {
+  if (tl_in_emit) {
+    watchers_mu_.AssertHeld();
+    removed_watchers_.push_back(token);  // emit() erases it when its loop is done
+    return;
+  }
   absl::MutexLock lock(&watchers_mu_);
   watchers_.erase(token);
   has_watchers_ = !watchers_.empty();
@@ -783,7 +799,14 @@ void QueueManager::emit(QueueEvent event) {
   if (!has_watchers_.load(std::memory_order_relaxed)) return;
   if (event.unix_ms == 0) event.unix_ms = now();
   absl::MutexLock lock(&watchers_mu_);
-  for (auto& [token, w] : watchers_) w(event);
+  tl_in_emit = true;
+  for (auto& [token, w] : watchers_) {
+    if (std::find(removed_watchers_.begin(), removed_watchers_.end(), token) == removed_watchers_.end()) w(event);
+  }
+  tl_in_emit = false;
+  for (uint64_t token : removed_watchers_) watchers_.erase(token);
+  removed_watchers_.clear();
+  has_watchers_ = !watchers_.empty();
 }
 
 std::vector<RecipientState> QueueManager::states(const std::string& id) {

@@ -172,8 +172,9 @@ class QueueManager {
   std::vector<MessageView> list(const std::string& after, size_t limit,
                                 const std::function<bool(const MessageView&)>& match, bool* more);
 
-  // Event watchers: called on queue threads, synchronously, so they must
-  // be quick and never block or call back into the queue.
+  // Event watchers: called on queue threads, synchronously (sometimes with
+  // the queue's lock held), so they must be quick and never block or call
+  // back into the queue.
   uint64_t subscribe(std::function<void(const QueueEvent&)> watcher);
   void unsubscribe(uint64_t token);
 
@@ -235,6 +236,7 @@ class QueueManager {
   absl::Mutex watchers_mu_;
   std::map<uint64_t, std::function<void(const QueueEvent&)>> watchers_ ABSL_GUARDED_BY(watchers_mu_);
   uint64_t next_watcher_ ABSL_GUARDED_BY(watchers_mu_) = 1;
+  std::vector<uint64_t> removed_watchers_ ABSL_GUARDED_BY(watchers_mu_);  // unsubscribed from inside emit()
   std::atomic<bool> has_watchers_{false};
 };
 
