@@ -2,7 +2,10 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <openssl/evp.h>
 
 #include <chrono>
 #include <deque>
@@ -27,6 +30,7 @@ using observe::Level;
 using observe::LogLine;
 
 constexpr char kPolicyKey[] = "policy";
+constexpr char kPolicyConfigHashKey[] = "policy-config-hash";
 constexpr int64_t kIdempotencyRetentionMs = 24LL * 3600 * 1000;
 constexpr size_t kWatchBuffer = 10000;  // events a slow watcher may fall behind
 
@@ -508,11 +512,10 @@ class PolicyService final : public v1::Policy::CallbackService {
     next->updated_by = caller->name;
     next->updated_unix_ms = unix_ms();
     queue::Spool* spool = impl_.deps.spool;
+    const std::string config_hash = impl_.deps.config_hash ? impl_.deps.config_hash() : "";
     auto updated = impl_.deps.policy->update(*std::move(next), req->expected_version(),
-                                             [spool](const policy::PolicySnapshot& p) {
-                                               std::string bytes;
-                                               policy_to_proto(p).SerializeToString(&bytes);
-                                               absl::Status s = spool->put_meta(kPolicyKey, bytes);
+                                             [spool, &config_hash](const policy::PolicySnapshot& p) {
+                                               absl::Status s = store_policy(*spool, p, config_hash);
                                                return s.ok() ? s : absl::UnavailableError("spool: " + s.ToString());
                                              });
     if (updated.ok()) {
@@ -794,6 +797,58 @@ void ControlServer::shutdown() {
   impl_->server->Shutdown(std::chrono::system_clock::now());
   impl_->server->Wait();
   impl_->server.reset();
+}
+
+std::string policy_hash(const policy::PolicySnapshot& p) {
+  v1::PolicySnapshot proto = policy_to_proto(p);
+  proto.clear_version();
+  proto.clear_updated_by();
+  proto.clear_updated_unix_ms();
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream sos(&bytes);
+    google::protobuf::io::CodedOutputStream cos(&sos);
+    cos.SetSerializationDeterministic(true);  // map fields in key order
+    proto.SerializeToCodedStream(&cos);
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(bytes.data(), bytes.size(), md, &len, EVP_sha256(), nullptr);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < len; ++i) {
+    out += kHex[md[i] >> 4];
+    out += kHex[md[i] & 15];
+  }
+  return out;
+}
+
+absl::Status store_policy(queue::Spool& spool, const policy::PolicySnapshot& p, const std::string& config_hash) {
+  std::string bytes;
+  policy_to_proto(p).SerializeToString(&bytes);
+  if (absl::Status s = spool.put_meta(kPolicyConfigHashKey, config_hash); !s.ok()) return s;
+  return spool.put_meta(kPolicyKey, bytes);
+}
+
+absl::StatusOr<policy::PolicySnapshot> start_policy(queue::Spool& spool, const policy::PolicySnapshot& configured,
+                                                    bool* from_store) {
+  *from_store = false;
+  auto stored = load_stored_policy(spool);
+  if (!stored.ok()) return stored.status();
+  const std::string hash = policy_hash(configured);
+  if (!*stored) return configured;  // nothing stored: the file's, version 1
+  auto stored_hash = spool.get_meta(kPolicyConfigHashKey);
+  if (stored_hash.ok() && *stored_hash == hash) {
+    *from_store = true;
+    return **stored;
+  }
+  // The file changed since the stored policy was made: it wins.
+  policy::PolicySnapshot next = configured;
+  next.version = (*stored)->version + 1;
+  next.updated_by = "config";
+  next.updated_unix_ms = unix_ms();
+  if (absl::Status s = store_policy(spool, next, hash); !s.ok()) return s;
+  return next;
 }
 
 absl::StatusOr<std::optional<policy::PolicySnapshot>> load_stored_policy(const queue::Spool& spool) {

@@ -4,6 +4,7 @@
 // SMTP front end. gRPC headers stay in control/*.cc.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -21,6 +22,9 @@ struct ControlDeps {
   queue::Spool* spool = nullptr;
   queue::QueueManager* queue = nullptr;
   policy::PolicyStore* policy = nullptr;
+  // The hash of the config file's policy now in effect (changes on reload);
+  // stored with every policy update (see start_policy()).
+  std::function<std::string()> config_hash;
 };
 
 class ControlServer {
@@ -43,8 +47,22 @@ class ControlServer {
   std::unique_ptr<Impl> impl_;
 };
 
-// The policy last set through the API, kept in the spool; nullopt when
-// none was ever set.
+// The policy last set through the API or a config reload, kept in the
+// spool; nullopt when none was ever stored.
 absl::StatusOr<std::optional<policy::PolicySnapshot>> load_stored_policy(const queue::Spool& spool);
+
+// A stable hash (SHA-256, hex) of a policy's content (version and author
+// left out).
+std::string policy_hash(const policy::PolicySnapshot& p);
+// Stores a policy, with the hash of the config file's policy it was made
+// under, in the spool (synced).
+absl::Status store_policy(queue::Spool& spool, const policy::PolicySnapshot& p, const std::string& config_hash);
+
+// The policy to start with. The latest change wins: the stored policy
+// (set through the API or a reload) while the config file's policy is the
+// one it was stored under; the file's policy, one version up and stored,
+// when the file changed since. `from_store` says which.
+absl::StatusOr<policy::PolicySnapshot> start_policy(queue::Spool& spool, const policy::PolicySnapshot& configured,
+                                                    bool* from_store);
 
 }  // namespace smtpd::control

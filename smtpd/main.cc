@@ -7,9 +7,14 @@
 //
 // Exit status: 0 success, 1 runtime failure, 2 usage or configuration error.
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <yaml-cpp/yaml.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -245,6 +250,174 @@ std::unique_ptr<smtpd::queue::QueueManager> make_queue(const smtpd::config::Conf
       spool, transport, [&policy](const std::string& domain) { return policy.current()->route_for(domain); }, qo);
 }
 
+// Reload without restart: on SIGHUP, and when the config file or the TLS
+// certificate files change (Kubernetes swaps a symlink to update a mounted
+// ConfigMap or Secret), the config is read again and validated; a bad one
+// is refused with a log line and everything stays as it was. What takes
+// effect: the policy and routes (when the file's policy changed), the
+// server certificate (for new connections) and the log level. Other keys
+// need a restart (logged).
+class Reloader {
+ public:
+  Reloader(smtpd::config::Sources sources, const smtpd::config::Config& cfg, smtpd::queue::Spool& spool,
+           smtpd::policy::PolicyStore& policy)
+      : sources_(std::move(sources)), spool_(spool), policy_(policy), current_(cfg),
+        hash_(smtpd::control::policy_hash(cfg.policy)), watched_(fingerprint(cfg)) {}
+
+  std::string config_hash() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return hash_;
+  }
+
+  void start(smtpd::net::Server* server) {
+    server_ = server;
+    thread_ = std::thread([this] { loop(); });
+  }
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  void request(const char* why) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      pending_ = why;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  // What identifies the watched files' contents: inode, size and mtime of
+  // each (following symlinks).
+  std::string fingerprint(const smtpd::config::Config& c) const {
+    std::string f;
+    for (const std::string& path : {sources_.file, c.tls_cert_file, c.tls_key_file}) {
+      struct stat st {};
+      if (path.empty()) continue;
+      if (::stat(path.c_str(), &st) != 0) {
+        f += path + ":missing;";
+        continue;
+      }
+      f += path + ":" + std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" +
+           std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + ";";
+    }
+    return f;
+  }
+
+  void loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stopping_) {
+      cv_.wait_for(lock, current_.config_watch_interval.count() > 0 ? current_.config_watch_interval
+                                                                     : std::chrono::milliseconds(3600000));
+      if (stopping_) break;
+      std::string why = pending_;
+      pending_.clear();
+      if (why.empty() && current_.config_watch_interval.count() > 0) {
+        const std::string now = fingerprint(current_);
+        if (now != watched_) why = "file changed";
+      }
+      if (why.empty()) continue;
+      lock.unlock();
+      reload(why);
+      lock.lock();
+    }
+  }
+
+  // Sections that only a restart applies.
+  static std::string restart_sections(const std::string& effective_yaml) {
+    YAML::Node n = YAML::Load(effective_yaml);
+    for (const char* k : {"policy", "routes", "tls", "log"}) n.remove(k);
+    if (n["server"]) n["server"].remove("config_watch_interval");
+    YAML::Emitter e;
+    e << n;
+    return e.c_str();
+  }
+
+  void reload(const std::string& why) {
+    auto loaded = smtpd::config::load(sources_);
+    const std::string fp_after = [&] {
+      std::lock_guard<std::mutex> lock(mu_);
+      return fingerprint(loaded.ok() ? loaded->config : current_);
+    }();
+    if (!loaded.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      watched_ = fp_after;  // do not retry the same bad file every interval
+      LogLine(Level::kError, "config_reload_failed").add("trigger", why)
+          .add("error", std::string(loaded.status().message())).add("action", "kept the running config").emit();
+      return;
+    }
+    const smtpd::config::Config& next = loaded->config;
+    if (absl::Status s = server_->reload_tls(next.tls_cert_file, next.tls_key_file, next.hostname); !s.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      watched_ = fp_after;
+      LogLine(Level::kError, "config_reload_failed").add("trigger", why).add("error", std::string(s.message()))
+          .add("action", "kept the running config").emit();
+      return;
+    }
+    const std::string hash = smtpd::control::policy_hash(next.policy);
+    uint64_t version = policy_.current()->version;
+    std::string restart;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (hash != hash_) {
+        // The file's policy changed: it becomes the next version (stored,
+        // so that it also wins after a restart).
+        smtpd::policy::PolicySnapshot p = next.policy;
+        p.updated_by = "config";
+        p.updated_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch()).count();
+        auto updated = policy_.update(p, 0, [this, &hash](const smtpd::policy::PolicySnapshot& s) {
+          return smtpd::control::store_policy(spool_, s, hash);
+        });
+        if (!updated.ok()) {
+          LogLine(Level::kError, "config_reload_failed").add("trigger", why)
+              .add("error", updated.status().ToString()).add("action", "kept the running policy").emit();
+        } else {
+          hash_ = hash;
+          version = (*updated)->version;
+          LogLine(Level::kInfo, "policy_updated").add("version", version).add("by", "config").emit();
+        }
+      }
+      if (restart_sections(loaded->effective_yaml) != restart_sections(effective_yaml_)) {
+        restart = "listeners, spool, queue, delivery, limits, auth, control or server settings changed: they "
+                  "take effect at the next restart";
+      }
+      effective_yaml_ = loaded->effective_yaml;
+      watched_ = fp_after;
+      current_.tls_cert_file = next.tls_cert_file;
+      current_.tls_key_file = next.tls_key_file;
+      current_.config_watch_interval = next.config_watch_interval;
+    }
+    smtpd::observe::set_min_level(parse_level(next.log_level));
+    LogLine line(Level::kInfo, "config_reloaded");
+    line.add("trigger", why).add("policy_version", version);
+    if (!restart.empty()) line.add("restart_needed", restart);
+    line.emit();
+  }
+
+  smtpd::config::Sources sources_;
+  smtpd::queue::Spool& spool_;
+  smtpd::policy::PolicyStore& policy_;
+  smtpd::net::Server* server_ = nullptr;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  smtpd::config::Config current_;  // the files watched and the interval
+  std::string effective_yaml_ = current_effective_yaml(sources_);
+  std::string hash_;
+  std::string watched_;
+  std::string pending_;
+  bool stopping_ = false;
+  std::thread thread_;
+
+  static std::string current_effective_yaml(const smtpd::config::Sources& s) {
+    auto l = smtpd::config::load(s);
+    return l.ok() ? l->effective_yaml : "";
+  }
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -316,18 +489,18 @@ int main(int argc, char** argv) {
     return 1;
   }
   LogLine(Level::kInfo, "spool_recovered").add("path", cfg.spool_path).add("messages", (*spool)->message_count()).emit();
-  // The policy: the last one set through the API (kept in the spool), else
-  // the configured one.
-  auto stored = smtpd::control::load_stored_policy(**spool);
-  if (!stored.ok()) {
-    LogLine(Level::kError, "policy_load_failed").add("error", stored.status().ToString()).emit();
+  // The policy: the latest change wins, whether it came through the API
+  // (kept in the spool) or the config file (control::start_policy).
+  bool from_store = false;
+  auto initial = smtpd::control::start_policy(**spool, cfg.policy, &from_store);
+  if (!initial.ok()) {
+    LogLine(Level::kError, "policy_load_failed").add("error", initial.status().ToString()).emit();
     return 1;
   }
-  if (*stored) {
-    LogLine(Level::kInfo, "policy_restored").add("version", (*stored)->version).add("by", (*stored)->updated_by)
-        .add("note", "the stored policy replaces the config file's policy and routes").emit();
-  }
-  smtpd::policy::PolicyStore policy(*stored ? **stored : cfg.policy);
+  LogLine(Level::kInfo, "policy").add("version", initial->version).add("by", initial->updated_by)
+      .add("source", from_store ? "stored (set through the API or a reload)" : "config file").emit();
+  smtpd::policy::PolicyStore policy(*initial);
+  Reloader reloader(args.sources, cfg, **spool, policy);
   smtpd::delivery::SmtpTransportOptions smtp_out;
   smtp_out.helo_name = cfg.hostname;
   smtp_out.tls = cfg.delivery_tls == "none"      ? smtpd::smtp::TlsPolicy::kNone
@@ -363,7 +536,8 @@ int main(int argc, char** argv) {
   }
   std::unique_ptr<smtpd::control::ControlServer> control;
   if (!cfg.control_address.empty()) {
-    auto started = smtpd::control::ControlServer::start({&cfg, spool->get(), queue.get(), &policy});
+    auto started = smtpd::control::ControlServer::start(
+        {&cfg, spool->get(), queue.get(), &policy, [&reloader] { return reloader.config_hash(); }});
     if (!started.ok()) {
       LogLine(Level::kError, "start_failed").add("error", started.status().ToString()).emit();
       queue->stop();
@@ -373,9 +547,11 @@ int main(int argc, char** argv) {
     }
     control = *std::move(started);
   }
-  smtpd::net::ServerDeps deps{&cfg, spool->get(), &policy, &users, [&control] {
+  smtpd::net::ServerDeps deps{&cfg, spool->get(), &policy, &users,
+                              [&control] {
                                 if (control) control->set_serving(false);  // health first, then the listeners
-                              }};
+                              },
+                              [&reloader] { reloader.request("SIGHUP"); }};
   int rc = 0;
   {
     smtpd::net::Server server(deps);
@@ -383,7 +559,9 @@ int main(int argc, char** argv) {
       LogLine(Level::kError, "start_failed").add("error", s.ToString()).emit();
       rc = 1;
     } else {
+      reloader.start(&server);
       server.run();
+      reloader.stop();
     }
   }
   // No more API calls (watch streams end) before the queue goes away.

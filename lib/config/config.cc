@@ -18,6 +18,7 @@ server:
   hostname: ""
   threads: 0
   drain_timeout: 30s
+  config_watch_interval: 2s
 listeners:
   - {name: mx, address: "127.0.0.1:2525", mode: smtp}
   - {name: submission, address: "127.0.0.1:2587", mode: submission}
@@ -365,6 +366,7 @@ absl::Status convert(const YAML::Node& root, Config& c) {
   SMTPD_ASSIGN(c.threads, scalar<int>(root, "server.threads"));
   if (c.threads < 0 || c.threads > 256) return key_error("server.threads", "must be 0..256");
   SMTPD_ASSIGN(c.drain_timeout, duration(root, "server.drain_timeout"));
+  SMTPD_ASSIGN(c.config_watch_interval, duration(root, "server.config_watch_interval"));
   if (absl::Status s = convert_listeners(root, c); !s.ok()) return s;
   SMTPD_ASSIGN(c.tls_cert_file, scalar<std::string>(root, "tls.cert_file"));
   SMTPD_ASSIGN(c.tls_key_file, scalar<std::string>(root, "tls.key_file"));

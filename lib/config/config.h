@@ -31,6 +31,9 @@ struct Config {
   std::string hostname;
   int threads = 0;  // 0: one per core
   std::chrono::milliseconds drain_timeout{30000};
+  // How often the config file and TLS files are checked for changes (a
+  // change reloads them); 0: only on SIGHUP.
+  std::chrono::milliseconds config_watch_interval{2000};
   std::vector<Listener> listeners;
   std::string tls_cert_file, tls_key_file;
   std::string spool_path;

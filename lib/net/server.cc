@@ -102,7 +102,14 @@ struct Server::Impl {
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   size_t next_context_index = 0;  // used on the control context only
   asio::thread_pool blocking;  // password hashing
-  std::unique_ptr<ssl::context> tls;
+  // The server certificate: replaced whole on reload; a session keeps the
+  // context it started TLS with.
+  absl::Mutex tls_mu;
+  std::shared_ptr<ssl::context> tls ABSL_GUARDED_BY(tls_mu);
+  std::shared_ptr<ssl::context> tls_context() {
+    absl::MutexLock lock(&tls_mu);
+    return tls;
+  }
   std::vector<std::unique_ptr<ListenerState>> listeners;
   AuthThrottle throttle;
   policy::RateLimiter connection_rate;  // policy: connections per client per minute
@@ -170,6 +177,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   Server::Impl& server_;
   tcp::socket socket_;
+  std::shared_ptr<ssl::context> tls_context_;  // outlives tls_ (declared before it)
   std::unique_ptr<ssl::stream<tcp::socket&>> tls_;
   std::vector<char> tls_buffer_;
   char small_buffer_[512];
@@ -276,7 +284,8 @@ awaitable<bool> Connection::flush() {
 }
 
 awaitable<bool> Connection::start_tls() {
-  tls_ = std::make_unique<ssl::stream<tcp::socket&>>(socket_, *server_.tls);
+  tls_context_ = server_.tls_context();
+  tls_ = std::make_unique<ssl::stream<tcp::socket&>>(socket_, *tls_context_);
   set_deadline(server_.deps.config->tls_handshake_timeout);
   auto [ec] = co_await tls_->async_handshake(ssl::stream_base::server, asio::as_tuple(use_awaitable));
   if (ec) {
@@ -696,9 +705,7 @@ Server::~Server() {
 absl::Status Server::start() {
   Impl& s = *impl_;
   const config::Config& c = *s.deps.config;
-  auto ctx = make_server_tls_context(c.tls_cert_file, c.tls_key_file, c.hostname);
-  if (!ctx.ok()) return ctx.status();
-  s.tls = std::make_unique<ssl::context>(*ctx);
+  if (absl::Status st = reload_tls(c.tls_cert_file, c.tls_key_file, c.hostname); !st.ok()) return st;
   for (const config::Listener& l : c.listeners) {
     std::string host;
     uint16_t port = 0;
@@ -737,12 +744,30 @@ absl::Status Server::start() {
   return absl::OkStatus();
 }
 
+absl::Status Server::reload_tls(const std::string& cert_file, const std::string& key_file,
+                                const std::string& hostname) {
+  auto ctx = make_server_tls_context(cert_file, key_file, hostname);
+  if (!ctx.ok()) return ctx.status();
+  auto next = std::make_shared<ssl::context>(*ctx);
+  absl::MutexLock lock(&impl_->tls_mu);
+  impl_->tls = std::move(next);
+  return absl::OkStatus();
+}
+
 void Server::run() {
   Impl& s = *impl_;
   asio::signal_set signals(s.control(), SIGINT, SIGTERM);
   signals.async_wait([&s](error_code ec, int signal) {
     if (!ec) s.begin_drain(signal);
   });
+  // SIGHUP: reload (re-armed after each one) until the drain begins.
+  asio::signal_set hangups(s.control(), SIGHUP);
+  std::function<void(error_code, int)> on_hup = [&](error_code ec, int) {
+    if (ec || s.draining.load()) return;
+    if (s.deps.on_reload) s.deps.on_reload();
+    hangups.async_wait(on_hup);
+  };
+  hangups.async_wait(on_hup);
   LogLine(Level::kInfo, "started").add("threads", s.threads).emit();
   std::vector<std::thread> workers;
   for (int i = 1; i < s.threads; ++i) workers.emplace_back([&s, i] { s.contexts[i]->run(); });

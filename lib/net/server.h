@@ -33,6 +33,8 @@ struct ServerDeps {
   // Called once when a drain begins (SIGTERM/SIGINT), before the
   // listeners close: the control plane's health goes NOT_SERVING.
   std::function<void()> on_drain;
+  // Called on SIGHUP (on the control thread; it should hand the work off).
+  std::function<void()> on_reload;
 };
 
 class Server {
@@ -47,6 +49,9 @@ class Server {
   // graceful drain: stop accepting, 421 to idle sessions, let transactions
   // in flight finish within server.drain_timeout, then close the rest.
   void run();
+  // A new server certificate for sessions that start TLS from now on
+  // (empty files: a new self-signed one). The old one stays on error.
+  absl::Status reload_tls(const std::string& cert_file, const std::string& key_file, const std::string& hostname);
 
   struct Impl;  // public so that server.cc's connection class can name it
 

@@ -72,15 +72,17 @@ class ControlTest : public ::testing::Test {
       if (queue_) queue_->enqueue(r);
     };
     spool_ = *queue::Spool::open(so);
-    auto stored = load_stored_policy(*spool_);
-    ASSERT_TRUE(stored.ok());
-    policy_ = std::make_unique<policy::PolicyStore>(*stored ? **stored : cfg_.policy);
+    bool from_store = false;
+    auto initial = start_policy(*spool_, cfg_.policy, &from_store);
+    ASSERT_TRUE(initial.ok()) << initial.status();
+    policy_ = std::make_unique<policy::PolicyStore>(*initial);
     queue::QueueOptions qo;
     qo.hostname = "mx.test";
     queue_ = std::make_unique<queue::QueueManager>(*spool_, transport_,
                                                    [](const std::string&) { return std::string("mx"); }, qo);
     ASSERT_TRUE(queue_->load().ok());
-    auto server = ControlServer::start({&cfg_, spool_.get(), queue_.get(), policy_.get()});
+    auto server = ControlServer::start(
+        {&cfg_, spool_.get(), queue_.get(), policy_.get(), [this] { return policy_hash(cfg_.policy); }});
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
     channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials());
@@ -459,6 +461,33 @@ TEST_F(ControlTest, PolicyCompareAndSetValidatedAndPersisted) {
   EXPECT_TRUE(policy_->current()->is_relay("partner.test"));
   EXPECT_EQ(policy_->current()->max_message_size, 50000u);
   EXPECT_EQ(send(big, &resp).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+}
+
+TEST_F(ControlTest, LatestPolicyChangeWinsAtStart) {
+  v1::PolicySnapshot p;
+  ASSERT_TRUE(policy_api_->GetPolicy(ctx().get(), v1::GetPolicyRequest(), &p).ok());
+  v1::UpdatePolicyRequest ur;
+  *ur.mutable_policy() = p;
+  ur.mutable_policy()->add_relay_domains("api.test");
+  ASSERT_TRUE(policy_api_->UpdatePolicy(ctx().get(), ur, &p).ok());
+  restart();  // same config file: the API's policy stays
+  EXPECT_TRUE(policy_->current()->is_relay("api.test"));
+  EXPECT_EQ(policy_->current()->version, 2u);
+  cfg_.policy.relay_domains = {"file.test"};  // the file changed while smtpd was down
+  restart();
+  EXPECT_FALSE(policy_->current()->is_relay("api.test"));
+  EXPECT_TRUE(policy_->current()->is_relay("file.test"));
+  EXPECT_EQ(policy_->current()->version, 3u);
+  EXPECT_EQ(policy_->current()->updated_by, "config");
+  restart();  // and stays
+  EXPECT_EQ(policy_->current()->version, 3u);
+  EXPECT_EQ(policy_hash(cfg_.policy), policy_hash(cfg_.policy));
+  policy::PolicySnapshot other = cfg_.policy;
+  other.version = 9;
+  other.updated_by = "someone";
+  EXPECT_EQ(policy_hash(other), policy_hash(cfg_.policy));  // content only
+  other.routes["x.test"] = "mx";
+  EXPECT_NE(policy_hash(other), policy_hash(cfg_.policy));
 }
 
 TEST_F(ControlTest, TokensAndRoles) {
