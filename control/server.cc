@@ -108,7 +108,9 @@ struct ControlServer::Impl {
   bool tls = false;
   IdempotencyStore idempotency;
   std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<grpc::Server> health_server;  // control.health_address: health only, plaintext
   int port = 0;
+  int health_port = 0;
   std::unique_ptr<grpc::Service> submission, queue, policy;
   // Unary calls between their handler's start and their Finish: shutdown
   // lets them end before it cancels what is left (watch streams).
@@ -770,6 +772,19 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::start(ControlDeps 
     return absl::UnavailableError("control: cannot listen on " + c.control_address);
   }
   impl->server->GetHealthCheckService()->SetServingStatus(true);
+  if (!c.control_health_address.empty()) {
+    grpc::ServerBuilder hb;  // the default health service is its only service
+    hb.AddListeningPort(c.control_health_address, grpc::InsecureServerCredentials(), &impl->health_port);
+    impl->health_server = hb.BuildAndStart();
+    if (!impl->health_server || impl->health_port == 0) {
+      impl->server->Shutdown(std::chrono::system_clock::now());
+      return absl::UnavailableError("control: cannot listen on " + c.control_health_address);
+    }
+    impl->health_server->GetHealthCheckService()->SetServingStatus(true);
+    const std::string hhost = c.control_health_address.substr(0, c.control_health_address.rfind(':'));
+    LogLine(Level::kInfo, "listening").add("listener", "health").add("mode", "grpc-health")
+        .add("address", hhost + ":" + std::to_string(impl->health_port)).emit();
+  }
   const std::string host = c.control_address.substr(0, c.control_address.rfind(':'));
   LogLine(Level::kInfo, "listening").add("listener", "control")
       .add("mode", impl->mutual_tls ? "grpc+mtls" : impl->tls ? "grpc+tls" : "grpc")
@@ -781,6 +796,7 @@ int ControlServer::port() const { return impl_->port; }
 
 void ControlServer::set_serving(bool serving) {
   if (impl_->server) impl_->server->GetHealthCheckService()->SetServingStatus(serving);
+  if (impl_->health_server) impl_->health_server->GetHealthCheckService()->SetServingStatus(serving);
 }
 
 void ControlServer::shutdown() {
@@ -795,6 +811,12 @@ void ControlServer::shutdown() {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   impl_->server->Shutdown(std::chrono::system_clock::now());
+  if (impl_->health_server) {
+    impl_->health_server->GetHealthCheckService()->Shutdown();
+    impl_->health_server->Shutdown(std::chrono::system_clock::now());
+    impl_->health_server->Wait();
+    impl_->health_server.reset();
+  }
   impl_->server->Wait();
   impl_->server.reset();
 }

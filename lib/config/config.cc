@@ -33,6 +33,7 @@ spool:
   commit_delay: 1ms
 control:
   address: "127.0.0.1:50051"
+  health_address: ""
   tls_cert_file: ""
   tls_key_file: ""
   client_ca_file: ""
@@ -385,6 +386,14 @@ absl::Status convert(const YAML::Node& root, Config& c) {
   SMTPD_ASSIGN(c.metrics_address, scalar<std::string>(root, "metrics.address"));
   SMTPD_ASSIGN(c.auth_users_file, scalar<std::string>(root, "auth.users_file"));
   SMTPD_ASSIGN(c.auth_allow_plaintext, scalar<bool>(root, "auth.allow_plaintext"));
+  SMTPD_ASSIGN(c.control_health_address, scalar<std::string>(root, "control.health_address"));
+  if (!c.control_health_address.empty()) {
+    std::string host;
+    uint16_t port;
+    if (absl::Status s = split_host_port(c.control_health_address, host, port); !s.ok()) {
+      return key_error("control.health_address", std::string(s.message()));
+    }
+  }
   SMTPD_ASSIGN(c.control_tls_cert_file, scalar<std::string>(root, "control.tls_cert_file"));
   SMTPD_ASSIGN(c.control_tls_key_file, scalar<std::string>(root, "control.tls_key_file"));
   SMTPD_ASSIGN(c.control_client_ca_file, scalar<std::string>(root, "control.client_ca_file"));

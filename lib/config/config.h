@@ -41,6 +41,9 @@ struct Config {
   uint64_t spool_min_free_bytes = 64ull << 20;
   std::chrono::milliseconds spool_commit_delay{1};
   std::string control_address;
+  // Plaintext gRPC serving only grpc.health.v1 (for kubelet's gRPC probes,
+  // which cannot do TLS or tokens); empty: off.
+  std::string control_health_address;
   // gRPC: server TLS (both or neither), a client CA for mutual TLS, and
   // the bearer tokens file ("token role [name]" per line).
   std::string control_tls_cert_file, control_tls_key_file;

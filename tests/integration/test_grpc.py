@@ -304,6 +304,19 @@ class GrpcTlsTokensTest(GrpcCase):
         self.addCleanup(ch.close)
         return ch
 
+    def test_plaintext_health_port_for_probes(self):
+        self.server.stop()
+        self.server.settings["control.health_address"] = "127.0.0.1:0"
+        self.server.start()
+        ch = grpc.insecure_channel(f"127.0.0.1:{self.port('health')}")
+        self.addCleanup(ch.close)
+        health = pb.health_pb2_grpc.HealthStub(ch)
+        self.assertEqual(health.Check(pb.health_pb2.HealthCheckRequest(), timeout=10).status,
+                         pb.health_pb2.HealthCheckResponse.SERVING)
+        with self.assertRaises(grpc.RpcError) as e:  # nothing but health there
+            pb.queue_pb2_grpc.QueueStub(ch).GetStats(pb.queue_pb2.GetStatsRequest(), timeout=10)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+
     def test_tokens_and_roles_over_tls(self):
         plain = pb.queue_pb2_grpc.QueueStub(self.channel())
         with self.assertRaises(grpc.RpcError) as e:
