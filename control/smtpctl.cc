@@ -334,6 +334,9 @@ int queue_watch(Client& c, const Globals& g, const FilterArgs& fa) {
   });
   stopper.detach();
   auto reader = c.queue->WatchQueue(ctx.get(), req);
+  // The server answers with its metadata once the watch is in place: from
+  // then on no event is missed (the table's header says so).
+  reader->WaitForInitialMetadata();
   v1::QueueEvent ev;
   const bool table = g.output == "table" || g.output == "wide";
   if (table) std::printf("%-24s %-10s %-16s %-32s %s\n", "TIME", "EVENT", "ID", "RECIPIENT", "REPLY");

@@ -337,11 +337,12 @@ class Reloader {
   }
 
   void reload(const std::string& why) {
-    auto loaded = smtpd::config::load(sources_);
+    // Taken before reading: a change made while we read is seen next time.
     const std::string fp_after = [&] {
       std::lock_guard<std::mutex> lock(mu_);
-      return fingerprint(loaded.ok() ? loaded->config : current_);
+      return fingerprint(current_);
     }();
+    auto loaded = smtpd::config::load(sources_);
     if (!loaded.ok()) {
       std::lock_guard<std::mutex> lock(mu_);
       watched_ = fp_after;  // do not retry the same bad file every interval

@@ -272,7 +272,11 @@ def make_certs(folder):
     run("req", *ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=client")
     run("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
         "-out", "client.pem", "-days", "1")
-    return {n: open(os.path.join(folder, n), "rb").read() for n in ("ca.pem", "server.pem", "client.key", "client.pem")}
+    out = {}
+    for n in ("ca.pem", "server.pem", "client.key", "client.pem"):
+        with open(os.path.join(folder, n), "rb") as f:
+            out[n] = f.read()
+    return out
 
 
 class GrpcTlsTokensTest(GrpcCase):

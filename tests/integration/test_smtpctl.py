@@ -72,9 +72,10 @@ class SmtpctlTest(SmtpctlCase):
         d = tempfile.mkdtemp(prefix="smtpctl-")
         self.addCleanup(__import__("shutil").rmtree, d, True)
         html, att, raw = (os.path.join(d, n) for n in ("body.html", "data.csv", "raw.eml"))
-        open(html, "w").write("<p>hi</p>\n")
-        open(att, "wb").write(b"a,b\n1,2\n")
-        open(raw, "w").write("From: alice@localhost\nSubject: raw\n\nraw body\n")
+        for path, data in ((html, b"<p>hi</p>\n"), (att, b"a,b\n1,2\n"),
+                           (raw, b"From: alice@localhost\nSubject: raw\n\nraw body\n")):
+            with open(path, "wb") as f:
+                f.write(data)
         r = self.send("--html-file", html, "--attach", att, "--header", "X-Tag: one", "--idempotency-key", "k-1")
         again = self.send("--html-file", html, "--attach", att, "--header", "X-Tag: one", "--idempotency-key", "k-1")
         self.assertEqual(again["queue_id"], r["queue_id"])
@@ -158,20 +159,46 @@ class SmtpctlTest(SmtpctlCase):
         self.ctl("policy", "set", path, expect=2)
 
     def test_watch_until_interrupted(self):
+        import select
+        proc = subprocess.Popen([SMTPCTL, "--server", f"127.0.0.1:{self.port('control')}", "queue", "watch"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def line(timeout=20):
+            ready, _, _ = select.select([proc.stdout], [], [], timeout)
+            self.assertTrue(ready, "smtpctl printed nothing")
+            return proc.stdout.readline()
+        try:
+            header = line()  # printed once the watch is in place
+            self.assertEqual(header.split(), ["TIME", "EVENT", "ID", "RECIPIENT", "REPLY"])
+            sent = self.send()["queue_id"]
+            fields = line().split()
+            self.assertEqual(fields[1:4], ["queued", sent, "bob@example.com"])
+            proc.send_signal(signal.SIGINT)
+            self.assertEqual(proc.wait(20), 0)
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+
+    def test_watch_json_lines(self):
+        import select
         proc = subprocess.Popen([SMTPCTL, "--server", f"127.0.0.1:{self.port('control')}", "queue", "watch",
                                  "-o", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.time() + 10
-            first = None
-            while first is None and time.time() < deadline:
-                sent = self.send()["queue_id"]  # until the watch is in place
-                line = proc.stdout.readline()
-                event = json.loads(line)
-                if event["id"] == sent:
-                    first = event
-            self.assertEqual(first["kind"], "KIND_QUEUED")
-            proc.send_signal(signal.SIGINT)
-            self.assertEqual(proc.wait(10), 0)
+            sent = set()
+            event = None
+            deadline = time.time() + 20
+            while event is None and time.time() < deadline:  # until the watch is in place
+                sent.add(self.send()["queue_id"])
+                if select.select([proc.stdout], [], [], 0.5)[0]:
+                    event = json.loads(proc.stdout.readline())
+            self.assertIsNotNone(event, "no event printed")
+            self.assertIn(event["id"], sent)
+            self.assertEqual(event["kind"], "KIND_QUEUED")
+            self.assertEqual(event["recipient"], "bob@example.com")
+            proc.send_signal(signal.SIGTERM)
+            self.assertEqual(proc.wait(20), 0)
         finally:
             proc.kill()
             proc.wait()
