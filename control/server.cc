@@ -112,6 +112,9 @@ struct ControlServer::Impl {
   int port = 0;
   int health_port = 0;
   std::unique_ptr<grpc::Service> submission, queue, policy;
+  std::unique_ptr<grpc::Service> local_submission, local_queue, local_policy;
+  std::unique_ptr<grpc::Server> local_server;  // control.local_address
+  int local_port = 0;
   // Unary calls between their handler's start and their Finish: shutdown
   // lets them end before it cancels what is left (watch streams).
   std::atomic<int> calls_in_flight{0};
@@ -123,9 +126,12 @@ struct ControlServer::Impl {
 
   explicit Impl(ControlDeps d) : deps(d), idempotency(*d.spool, kIdempotencyRetentionMs) {}
 
-  absl::StatusOr<Caller> authorize(grpc::CallbackServerContext* ctx, Role needed) const {
+  absl::StatusOr<Caller> authorize(grpc::CallbackServerContext* ctx, Role needed, bool local) const {
     Caller caller;
-    if (access.empty()) {
+    if (local) {
+      caller.name = "loopback";  // control.local_address: only the host's own processes reach it
+      caller.role = Role::kAdmin;
+    } else if (access.empty()) {
       // No tokens: the embedded loopback default, or mutual TLS (the
       // certificate was verified against the client CA).
       caller.name = mutual_tls ? "client-certificate" : "loopback";
@@ -153,12 +159,14 @@ namespace {
 
 class SubmissionService final : public v1::Submission::CallbackService {
  public:
-  explicit SubmissionService(ControlServer::Impl& impl) : impl_(impl) {}
+  // local: served on control.local_address (loopback, plaintext): callers
+  // there are the pod's own tools and act as admin without a token.
+  SubmissionService(ControlServer::Impl& impl, bool local) : impl_(impl), local_(local) {}
 
   grpc::ServerUnaryReactor* SendMail(grpc::CallbackServerContext* ctx, const v1::SendMailRequest* req,
                                      v1::SendMailResponse* resp) override {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    auto caller = impl_.authorize(ctx, Role::kSubmit);
+    auto caller = impl_.authorize(ctx, Role::kSubmit, local_);
     if (!caller.ok()) {
       reactor->Finish(to_grpc(caller.status()));
       return reactor;
@@ -173,6 +181,7 @@ class SubmissionService final : public v1::Submission::CallbackService {
 
  private:
   ControlServer::Impl& impl_;
+  const bool local_;
 };
 
 // Sends queue events to one WatchQueue caller, from a bounded buffer. At
@@ -277,7 +286,9 @@ class Watcher final : public grpc::ServerWriteReactor<v1::QueueEvent> {
 
 class QueueService final : public v1::Queue::CallbackService {
  public:
-  explicit QueueService(ControlServer::Impl& impl) : impl_(impl) {}
+  // local: served on control.local_address (loopback, plaintext): callers
+  // there are the pod's own tools and act as admin without a token.
+  QueueService(ControlServer::Impl& impl, bool local) : impl_(impl), local_(local) {}
 
   grpc::ServerUnaryReactor* ListMessages(grpc::CallbackServerContext* ctx, const v1::ListMessagesRequest* req,
                                          v1::ListMessagesResponse* resp) override {
@@ -353,7 +364,7 @@ class QueueService final : public v1::Queue::CallbackService {
 
   grpc::ServerWriteReactor<v1::QueueEvent>* WatchQueue(grpc::CallbackServerContext* ctx,
                                                       const v1::WatchQueueRequest* req) override {
-    auto caller = impl_.authorize(ctx, Role::kRead);
+    auto caller = impl_.authorize(ctx, Role::kRead, local_);
     if (!caller.ok()) {
       class Refused final : public grpc::ServerWriteReactor<v1::QueueEvent> {
        public:
@@ -406,7 +417,7 @@ class QueueService final : public v1::Queue::CallbackService {
   grpc::ServerUnaryReactor* unary(grpc::CallbackServerContext* ctx, Role role, Fn&& fn) {
     ControlServer::Impl::CallGuard guard(impl_);
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    auto caller = impl_.authorize(ctx, role);
+    auto caller = impl_.authorize(ctx, role, local_);
     reactor->Finish(to_grpc(caller.ok() ? fn() : caller.status()));
     return reactor;
   }
@@ -483,16 +494,19 @@ class QueueService final : public v1::Queue::CallbackService {
   }
 
   ControlServer::Impl& impl_;
+  const bool local_;
 };
 
 class PolicyService final : public v1::Policy::CallbackService {
  public:
-  explicit PolicyService(ControlServer::Impl& impl) : impl_(impl) {}
+  // local: served on control.local_address (loopback, plaintext): callers
+  // there are the pod's own tools and act as admin without a token.
+  PolicyService(ControlServer::Impl& impl, bool local) : impl_(impl), local_(local) {}
 
   grpc::ServerUnaryReactor* GetPolicy(grpc::CallbackServerContext* ctx, const v1::GetPolicyRequest*,
                                       v1::PolicySnapshot* resp) override {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    auto caller = impl_.authorize(ctx, Role::kRead);
+    auto caller = impl_.authorize(ctx, Role::kRead, local_);
     if (caller.ok()) *resp = policy_to_proto(*impl_.deps.policy->current());
     reactor->Finish(to_grpc(caller.status()));
     return reactor;
@@ -501,7 +515,7 @@ class PolicyService final : public v1::Policy::CallbackService {
   grpc::ServerUnaryReactor* UpdatePolicy(grpc::CallbackServerContext* ctx, const v1::UpdatePolicyRequest* req,
                                          v1::PolicySnapshot* resp) override {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    auto caller = impl_.authorize(ctx, Role::kAdmin);
+    auto caller = impl_.authorize(ctx, Role::kAdmin, local_);
     if (!caller.ok()) {
       reactor->Finish(to_grpc(caller.status()));
       return reactor;
@@ -530,6 +544,7 @@ class PolicyService final : public v1::Policy::CallbackService {
 
  private:
   ControlServer::Impl& impl_;
+  const bool local_;
 };
 
 }  // namespace
@@ -761,9 +776,9 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::start(ControlDeps 
   // checked against the current limit again.
   const uint64_t limit = deps.policy->current()->max_message_size + 64 * 1024;
   builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<uint64_t>(limit, INT32_MAX)));
-  impl->submission = std::make_unique<SubmissionService>(*impl);
-  impl->queue = std::make_unique<QueueService>(*impl);
-  impl->policy = std::make_unique<PolicyService>(*impl);
+  impl->submission = std::make_unique<SubmissionService>(*impl, false);
+  impl->queue = std::make_unique<QueueService>(*impl, false);
+  impl->policy = std::make_unique<PolicyService>(*impl, false);
   builder.RegisterService(impl->submission.get());
   builder.RegisterService(impl->queue.get());
   builder.RegisterService(impl->policy.get());
@@ -772,6 +787,26 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::start(ControlDeps 
     return absl::UnavailableError("control: cannot listen on " + c.control_address);
   }
   impl->server->GetHealthCheckService()->SetServingStatus(true);
+  if (!c.control_local_address.empty()) {
+    grpc::ServerBuilder lb;
+    lb.AddListeningPort(c.control_local_address, grpc::InsecureServerCredentials(), &impl->local_port);
+    lb.SetMaxReceiveMessageSize(static_cast<int>(std::min<uint64_t>(limit, INT32_MAX)));
+    impl->local_submission = std::make_unique<SubmissionService>(*impl, true);
+    impl->local_queue = std::make_unique<QueueService>(*impl, true);
+    impl->local_policy = std::make_unique<PolicyService>(*impl, true);
+    lb.RegisterService(impl->local_submission.get());
+    lb.RegisterService(impl->local_queue.get());
+    lb.RegisterService(impl->local_policy.get());
+    impl->local_server = lb.BuildAndStart();
+    if (!impl->local_server || impl->local_port == 0) {
+      impl->server->Shutdown(std::chrono::system_clock::now());
+      return absl::UnavailableError("control: cannot listen on " + c.control_local_address);
+    }
+    impl->local_server->GetHealthCheckService()->SetServingStatus(true);
+    const std::string lhost = c.control_local_address.substr(0, c.control_local_address.rfind(':'));
+    LogLine(Level::kInfo, "listening").add("listener", "control-local").add("mode", "grpc")
+        .add("address", lhost + ":" + std::to_string(impl->local_port)).emit();
+  }
   if (!c.control_health_address.empty()) {
     grpc::ServerBuilder hb;  // the default health service is its only service
     hb.AddListeningPort(c.control_health_address, grpc::InsecureServerCredentials(), &impl->health_port);
@@ -797,6 +832,7 @@ int ControlServer::port() const { return impl_->port; }
 void ControlServer::set_serving(bool serving) {
   if (impl_->server) impl_->server->GetHealthCheckService()->SetServingStatus(serving);
   if (impl_->health_server) impl_->health_server->GetHealthCheckService()->SetServingStatus(serving);
+  if (impl_->local_server) impl_->local_server->GetHealthCheckService()->SetServingStatus(serving);
 }
 
 void ControlServer::shutdown() {
@@ -811,6 +847,12 @@ void ControlServer::shutdown() {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   impl_->server->Shutdown(std::chrono::system_clock::now());
+  if (impl_->local_server) {
+    impl_->local_server->GetHealthCheckService()->Shutdown();
+    impl_->local_server->Shutdown(std::chrono::system_clock::now());
+    impl_->local_server->Wait();
+    impl_->local_server.reset();
+  }
   if (impl_->health_server) {
     impl_->health_server->GetHealthCheckService()->Shutdown();
     impl_->health_server->Shutdown(std::chrono::system_clock::now());

@@ -34,6 +34,7 @@ spool:
 control:
   address: "127.0.0.1:50051"
   health_address: ""
+  local_address: ""
   tls_cert_file: ""
   tls_key_file: ""
   client_ca_file: ""
@@ -386,6 +387,17 @@ absl::Status convert(const YAML::Node& root, Config& c) {
   SMTPD_ASSIGN(c.metrics_address, scalar<std::string>(root, "metrics.address"));
   SMTPD_ASSIGN(c.auth_users_file, scalar<std::string>(root, "auth.users_file"));
   SMTPD_ASSIGN(c.auth_allow_plaintext, scalar<bool>(root, "auth.allow_plaintext"));
+  SMTPD_ASSIGN(c.control_local_address, scalar<std::string>(root, "control.local_address"));
+  if (!c.control_local_address.empty()) {
+    std::string host;
+    uint16_t port;
+    if (absl::Status s = split_host_port(c.control_local_address, host, port); !s.ok()) {
+      return key_error("control.local_address", std::string(s.message()));
+    }
+    if (host != "127.0.0.1" && host != "::1" && host != "localhost") {
+      return key_error("control.local_address", "must be a loopback address (it needs no TLS and no token)");
+    }
+  }
   SMTPD_ASSIGN(c.control_health_address, scalar<std::string>(root, "control.health_address"));
   if (!c.control_health_address.empty()) {
     std::string host;

@@ -44,6 +44,9 @@ struct Config {
   // Plaintext gRPC serving only grpc.health.v1 (for kubelet's gRPC probes,
   // which cannot do TLS or tokens); empty: off.
   std::string control_health_address;
+  // A second API listener, plaintext and without tokens, for the host's own
+  // tools (smtpctl in the pod) when control.address needs TLS; loopback only.
+  std::string control_local_address;
   // gRPC: server TLS (both or neither), a client CA for mutual TLS, and
   // the bearer tokens file ("token role [name]" per line).
   std::string control_tls_cert_file, control_tls_key_file;

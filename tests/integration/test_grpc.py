@@ -308,6 +308,19 @@ class GrpcTlsTokensTest(GrpcCase):
         self.addCleanup(ch.close)
         return ch
 
+    def test_local_listener_for_the_hosts_own_tools(self):
+        self.server.stop()
+        self.server.settings["control.local_address"] = "127.0.0.1:0"
+        self.server.start()
+        ch = grpc.insecure_channel(f"127.0.0.1:{self.port('control-local')}")
+        self.addCleanup(ch.close)
+        # Plaintext, no token, admin: only the host's own processes reach it.
+        resp = pb.submission_pb2_grpc.SubmissionStub(ch).SendMail(structured_request(), timeout=10)
+        pb.queue_pb2_grpc.QueueStub(ch).Hold(pb.queue_pb2.Selector(id=resp.queue_id), timeout=10)
+        msg = pb.queue_pb2_grpc.QueueStub(ch).GetMessage(pb.queue_pb2.GetMessageRequest(id=resp.queue_id), timeout=10)
+        self.assertTrue(msg.held)
+        self.assertEqual(msg.auth_user, "loopback")
+
     def test_plaintext_health_port_for_probes(self):
         self.server.stop()
         self.server.settings["control.health_address"] = "127.0.0.1:0"

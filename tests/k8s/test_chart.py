@@ -82,6 +82,10 @@ class ChartTest(unittest.TestCase):
         self.assertEqual(cfg["queue"]["lifetime"], "3d")  # values.config merged
         self.assertEqual(cfg["control"]["address"], "0.0.0.0:50051")
         self.assertEqual(cfg["control"]["tokens_file"], "/etc/smtpd/tokens/tokens")
+        self.assertEqual(cfg["control"]["local_address"], "127.0.0.1:50053")
+        env = {e["name"]: e.get("value") for e in
+               find(self.prod, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["env"]}
+        self.assertEqual(env["SMTPCTL_SERVER"], "127.0.0.1:50053")  # smtpctl in the pod: no TLS, no token
         self.assertEqual(yaml.safe_load(find(self.default, "ConfigMap")["data"]["smtpd.yaml"])["control"]["address"],
                          "127.0.0.1:50051")  # not exposed: loopback, plaintext allowed
 

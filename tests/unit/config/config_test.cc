@@ -74,6 +74,7 @@ TEST(Config, ErrorsNameTheKey) {
       {{"control.address=0.0.0.0:50051"}, "config: control.address: '0.0.0.0:50051' is not loopback"},
       {{"control.tls_cert_file=/c.pem"}, "config: control.tls_key_file: control.tls_cert_file and"},
       {{"control.client_ca_file=/ca.pem"}, "config: control.client_ca_file: mutual TLS needs"},
+      {{"control.local_address=0.0.0.0:50053"}, "config: control.local_address: must be a loopback address"},
       {{"policy.sender_access=spam.test reject"}, "config: policy.sender_access: 'spam.test reject' is not"},
       {{"policy.recipient_access=x.test deny 250 2.0.0 fine"}, "config: policy.recipient_access:"},
       {{"policy.outbound_tls.bank.test=sometimes"}, "config: policy.outbound_tls.bank.test: 'sometimes'"},

@@ -52,6 +52,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   "control" (dict
     "address" (ternary (printf "0.0.0.0:%v" .Values.grpc.port) (printf "127.0.0.1:%v" .Values.grpc.port) .Values.grpc.expose)
     "health_address" (printf "0.0.0.0:%v" .Values.grpc.healthPort)
+    "local_address" (ternary (printf "127.0.0.1:%v" .Values.grpc.localPort) "" .Values.grpc.expose)
     "tls_cert_file" (ternary "/etc/smtpd/tls/tls.crt" "" (ne $tls ""))
     "tls_key_file" (ternary "/etc/smtpd/tls/tls.key" "" (ne $tls ""))
     "tokens_file" (ternary "/etc/smtpd/tokens/tokens" "" (ne .Values.control.tokensSecret "")))
