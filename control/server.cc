@@ -19,6 +19,7 @@
 #include "lib/message/mime.h"
 #include "lib/message/received.h"
 #include "lib/observe/log.h"
+#include "lib/observe/metrics.h"
 #include "smtpd/v1/policy.grpc.pb.h"
 #include "smtpd/v1/queue.grpc.pb.h"
 #include "smtpd/v1/submission.grpc.pb.h"
@@ -37,6 +38,14 @@ constexpr size_t kWatchBuffer = 10000;  // events a slow watcher may fall behind
 int64_t unix_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
+}
+
+// smtpd_grpc_calls_total{method, code}: code as gRPC names it (NOT_FOUND).
+void count_call(const char* method, const absl::Status& s) {
+  std::string code = absl::StatusCodeToString(s.code());
+  for (char& c : code) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  for (char& c : code) c = c == ' ' ? '_' : c;
+  observe::Metrics::get().grpc_call(method, code.c_str());
 }
 
 grpc::Status to_grpc(const absl::Status& s) {
@@ -168,12 +177,14 @@ class SubmissionService final : public v1::Submission::CallbackService {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     auto caller = impl_.authorize(ctx, Role::kSubmit, local_);
     if (!caller.ok()) {
+      count_call("SendMail", caller.status());
       reactor->Finish(to_grpc(caller.status()));
       return reactor;
     }
     auto guard = std::make_shared<ControlServer::Impl::CallGuard>(impl_);  // until the commit answers
     impl_.send(ctx, *req, *caller, [reactor, resp, guard](absl::StatusOr<v1::SendMailResponse> r) {
       if (r.ok()) *resp = *std::move(r);
+      count_call("SendMail", r.status());
       reactor->Finish(to_grpc(r.status()));
     });
     return reactor;
@@ -292,7 +303,7 @@ class QueueService final : public v1::Queue::CallbackService {
 
   grpc::ServerUnaryReactor* ListMessages(grpc::CallbackServerContext* ctx, const v1::ListMessagesRequest* req,
                                          v1::ListMessagesResponse* resp) override {
-    return unary(ctx, Role::kRead, [&]() -> absl::Status {
+    return unary(ctx, "ListMessages", Role::kRead, [&]() -> absl::Status {
       if (req->page_size() < 0 || req->page_size() > 1000) {
         return absl::InvalidArgumentError("page_size: must be 0..1000");
       }
@@ -309,7 +320,7 @@ class QueueService final : public v1::Queue::CallbackService {
 
   grpc::ServerUnaryReactor* GetMessage(grpc::CallbackServerContext* ctx, const v1::GetMessageRequest* req,
                                        v1::Message* resp) override {
-    return unary(ctx, Role::kRead, [&]() -> absl::Status {
+    return unary(ctx, "GetMessage", Role::kRead, [&]() -> absl::Status {
       auto v = impl_.deps.queue->get(req->id());
       if (!v) return absl::NotFoundError("no message " + req->id() + " in the queue");
       summary_to_proto(*v, resp->mutable_summary());
@@ -365,6 +376,7 @@ class QueueService final : public v1::Queue::CallbackService {
   grpc::ServerWriteReactor<v1::QueueEvent>* WatchQueue(grpc::CallbackServerContext* ctx,
                                                       const v1::WatchQueueRequest* req) override {
     auto caller = impl_.authorize(ctx, Role::kRead, local_);
+    count_call("WatchQueue", caller.status());
     if (!caller.ok()) {
       class Refused final : public grpc::ServerWriteReactor<v1::QueueEvent> {
        public:
@@ -378,26 +390,26 @@ class QueueService final : public v1::Queue::CallbackService {
 
   grpc::ServerUnaryReactor* Retry(grpc::CallbackServerContext* ctx, const v1::Selector* req,
                                   v1::ActionResponse* resp) override {
-    return action(ctx, *req, resp, [this](const std::string& id) { return impl_.deps.queue->retry(id); });
+    return action(ctx, "Retry", *req, resp, [this](const std::string& id) { return impl_.deps.queue->retry(id); });
   }
   grpc::ServerUnaryReactor* Hold(grpc::CallbackServerContext* ctx, const v1::Selector* req,
                                  v1::ActionResponse* resp) override {
-    return action(ctx, *req, resp, [this](const std::string& id) { return impl_.deps.queue->hold(id); });
+    return action(ctx, "Hold", *req, resp, [this](const std::string& id) { return impl_.deps.queue->hold(id); });
   }
   grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* ctx, const v1::Selector* req,
                                     v1::ActionResponse* resp) override {
-    return action(ctx, *req, resp, [this](const std::string& id) { return impl_.deps.queue->release(id); });
+    return action(ctx, "Release", *req, resp, [this](const std::string& id) { return impl_.deps.queue->release(id); });
   }
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx, const v1::DeleteRequest* req,
                                    v1::ActionResponse* resp) override {
     const bool bounce = req->bounce();
-    return action(ctx, req->selector(), resp,
+    return action(ctx, "Delete", req->selector(), resp,
                   [this, bounce](const std::string& id) { return impl_.deps.queue->remove(id, bounce); });
   }
 
   grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* ctx, const v1::GetStatsRequest*,
                                      v1::QueueStats* resp) override {
-    return unary(ctx, Role::kRead, [&]() -> absl::Status {
+    return unary(ctx, "GetStats", Role::kRead, [&]() -> absl::Status {
       const queue::QueueStats s = impl_.deps.queue->stats();
       resp->set_messages(s.messages);
       for (const auto& [k, v] : s.messages_by_state) (*resp->mutable_messages_by_state())[k] = v;
@@ -414,11 +426,13 @@ class QueueService final : public v1::Queue::CallbackService {
 
  private:
   template <typename Fn>
-  grpc::ServerUnaryReactor* unary(grpc::CallbackServerContext* ctx, Role role, Fn&& fn) {
+  grpc::ServerUnaryReactor* unary(grpc::CallbackServerContext* ctx, const char* method, Role role, Fn&& fn) {
     ControlServer::Impl::CallGuard guard(impl_);
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     auto caller = impl_.authorize(ctx, role, local_);
-    reactor->Finish(to_grpc(caller.ok() ? fn() : caller.status()));
+    const absl::Status status = caller.ok() ? fn() : caller.status();
+    count_call(method, status);
+    reactor->Finish(to_grpc(status));
     return reactor;
   }
 
@@ -458,9 +472,9 @@ class QueueService final : public v1::Queue::CallbackService {
     };
   }
 
-  grpc::ServerUnaryReactor* action(grpc::CallbackServerContext* ctx, const v1::Selector& sel,
+  grpc::ServerUnaryReactor* action(grpc::CallbackServerContext* ctx, const char* method, const v1::Selector& sel,
                                    v1::ActionResponse* resp, const std::function<absl::Status(const std::string&)>& fn) {
-    return unary(ctx, Role::kAdmin, [&]() -> absl::Status {
+    return unary(ctx, method, Role::kAdmin, [&]() -> absl::Status {
       std::vector<std::string> ids;
       if (sel.has_filter()) {
         auto match = matcher(sel.filter());
@@ -508,6 +522,7 @@ class PolicyService final : public v1::Policy::CallbackService {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     auto caller = impl_.authorize(ctx, Role::kRead, local_);
     if (caller.ok()) *resp = policy_to_proto(*impl_.deps.policy->current());
+    count_call("GetPolicy", caller.status());
     reactor->Finish(to_grpc(caller.status()));
     return reactor;
   }
@@ -517,12 +532,15 @@ class PolicyService final : public v1::Policy::CallbackService {
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     auto caller = impl_.authorize(ctx, Role::kAdmin, local_);
     if (!caller.ok()) {
+      count_call("UpdatePolicy", caller.status());
       reactor->Finish(to_grpc(caller.status()));
       return reactor;
     }
     auto next = policy_from_proto(req->policy());
     if (!next.ok()) {
-      reactor->Finish(to_grpc(absl::InvalidArgumentError("policy." + std::string(next.status().message()))));
+      const absl::Status bad = absl::InvalidArgumentError("policy." + std::string(next.status().message()));
+      count_call("UpdatePolicy", bad);
+      reactor->Finish(to_grpc(bad));
       return reactor;
     }
     next->updated_by = caller->name;
@@ -538,6 +556,7 @@ class PolicyService final : public v1::Policy::CallbackService {
       *resp = policy_to_proto(**updated);
       LogLine(Level::kInfo, "policy_updated").add("version", (*updated)->version).add("by", caller->name).emit();
     }
+    count_call("UpdatePolicy", updated.status());
     reactor->Finish(to_grpc(updated.status()));
     return reactor;
   }

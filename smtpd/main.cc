@@ -31,7 +31,9 @@
 #include "lib/net/auth.h"
 #include "lib/net/server.h"
 #include "lib/net/tls.h"
+#include "lib/net/metrics_http.h"
 #include "lib/observe/log.h"
+#include "lib/observe/metrics.h"
 #include "lib/policy/policy.h"
 #include "lib/delivery/dispatcher.h"
 #include "lib/queue/queue_manager.h"
@@ -242,9 +244,13 @@ std::unique_ptr<smtpd::queue::QueueManager> make_queue(const smtpd::config::Conf
         .add("queue_id", r.id).add("to", r.envelope.recipients[i].path.str()).add("route", route)
         .add("remote_host", o.remote_host).add("status", status_name(st.status)).add("attempt", static_cast<uint64_t>(st.attempts))
         .add("reply", o.reply.summary()).add("delay_s", static_cast<double>(now_us - r.arrival_unix_us) / 1e6).emit();
+    auto& m = smtpd::observe::Metrics::get();
+    m.delivery_attempt(smtpd::observe::transport_of(route), status_name(st.status));
+    if (st.final()) m.delivery_final(status_name(st.status), static_cast<double>(now_us - r.arrival_unix_us) / 1e6);
   };
   qo.on_dsn = [](const std::string& id, const std::string& dsn_id, const char* action) {
     LogLine(Level::kInfo, "dsn").add("queue_id", id).add("dsn_queue_id", dsn_id).add("action", action).emit();
+    smtpd::observe::Metrics::get().dsn(action);
   };
   return std::make_unique<smtpd::queue::QueueManager>(
       spool, transport, [&policy](const std::string& domain) { return policy.current()->route_for(domain); }, qo);
@@ -478,6 +484,9 @@ int main(int argc, char** argv) {
   so.on_committed = [&queue_ptr](const smtpd::queue::MessageRecord& r) {
     if (auto* q = queue_ptr.load()) q->enqueue(r);
   };
+  so.on_batch = [](size_t messages, double seconds) {
+    smtpd::observe::Metrics::get().spool_batch(messages, seconds);
+  };
   so.on_fatal = [](const absl::Status& s) {
     // Every acknowledged message is durable; a restart recovers the
     // database. Mail in flight was never acknowledged and will be retried.
@@ -535,6 +544,48 @@ int main(int argc, char** argv) {
   } else {
     queue->start();
   }
+  // Gauges read when /metrics is scraped.
+  smtpd::observe::Metrics::get().set_gauges([&queue, &policy, spool = spool->get()] {
+    std::vector<smtpd::observe::GaugeSample> g;
+    const smtpd::queue::QueueStats st = queue->stats();
+    for (const char* state : {"queued", "deferred", "held", "delivering"}) {
+      auto it = st.messages_by_state.find(state);
+      g.push_back({"smtpd_queue_messages", "Messages in the queue by state", {{"state", state}},
+                   static_cast<double>(it == st.messages_by_state.end() ? 0 : it->second)});
+    }
+    for (const char* state : {"queued", "deferred", "delivering"}) {
+      auto it = st.recipients_by_state.find(state);
+      g.push_back({"smtpd_queue_recipients", "Recipients not yet final by state", {{"state", state}},
+                   static_cast<double>(it == st.recipients_by_state.end() ? 0 : it->second)});
+    }
+    const int64_t now_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                               std::chrono::system_clock::now().time_since_epoch()).count();
+    g.push_back({"smtpd_queue_oldest_message_age_seconds", "Age of the oldest message in the queue (0: empty)", {},
+                 st.oldest_arrival_unix_us ? static_cast<double>(now_us - st.oldest_arrival_unix_us) / 1e6 : 0.0});
+    g.push_back({"smtpd_deliveries_in_flight", "Deliveries handed to transports now", {},
+                 static_cast<double>(st.in_flight)});
+    g.push_back({"smtpd_spool_messages", "Messages stored in the spool", {},
+                 static_cast<double>(spool->message_count())});
+    g.push_back({"smtpd_policy_version", "Version of the policy in effect", {},
+                 static_cast<double>(policy.current()->version)});
+    return g;
+  });
+  std::atomic<bool> serving{true};
+  std::unique_ptr<smtpd::net::MetricsHttp> metrics_http;
+  if (!cfg.metrics_address.empty()) {
+    auto started = smtpd::net::MetricsHttp::start(cfg.metrics_address, [&serving] { return serving.load(); });
+    if (!started.ok()) {
+      LogLine(Level::kError, "start_failed").add("error", started.status().ToString()).emit();
+      queue->stop();
+      dispatcher.stop();
+      (*spool)->close();
+      return 1;
+    }
+    metrics_http = *std::move(started);
+    const std::string host = cfg.metrics_address.substr(0, cfg.metrics_address.rfind(':'));
+    LogLine(Level::kInfo, "listening").add("listener", "metrics").add("mode", "http")
+        .add("address", host + ":" + std::to_string(metrics_http->port())).emit();
+  }
   std::unique_ptr<smtpd::control::ControlServer> control;
   if (!cfg.control_address.empty()) {
     auto started = smtpd::control::ControlServer::start(
@@ -549,8 +600,9 @@ int main(int argc, char** argv) {
     control = *std::move(started);
   }
   smtpd::net::ServerDeps deps{&cfg, spool->get(), &policy, &users,
-                              [&control] {
-                                if (control) control->set_serving(false);  // health first, then the listeners
+                              [&control, &serving] {
+                                serving = false;  // /readyz and grpc.health.v1 first, then the listeners
+                                if (control) control->set_serving(false);
                               },
                               [&reloader] { reloader.request("SIGHUP"); }};
   int rc = 0;
@@ -567,6 +619,8 @@ int main(int argc, char** argv) {
   }
   // No more API calls (watch streams end) before the queue goes away.
   if (control) control->shutdown();
+  if (metrics_http) metrics_http->stop();
+  smtpd::observe::Metrics::get().set_gauges(nullptr);
   // The queue stops handing out work, running deliveries finish (their
   // outcomes are recorded), then nothing else touches the spool.
   queue->stop();

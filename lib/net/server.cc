@@ -15,6 +15,7 @@
 #include "lib/net/auth.h"
 #include "lib/net/tls.h"
 #include "lib/observe/log.h"
+#include "lib/observe/metrics.h"
 #include "lib/policy/policy.h"
 #include "lib/queue/spool.h"
 #include "lib/smtp/server_session.h"
@@ -290,10 +291,12 @@ awaitable<bool> Connection::start_tls() {
   auto [ec] = co_await tls_->async_handshake(ssl::stream_base::server, asio::as_tuple(use_awaitable));
   if (ec) {
     LogLine(Level::kInfo, "tls_failed").add("conn", id_).add("client", client_).add("error", ec.message()).emit();
+    observe::Metrics::get().tls_handshake(listener_.name, "failed");
     co_return false;
   }
   SSL* ssl = tls_->native_handle();
   tls_version_ = SSL_get_version(ssl);
+  observe::Metrics::get().tls_handshake(listener_.name, tls_version_);
   tls_cipher_ = SSL_get_cipher_name(ssl);
   tls_bits_ = SSL_get_cipher_bits(ssl, nullptr);
   tls_buffer_.resize(16384);
@@ -421,6 +424,7 @@ void Connection::log_transaction(const smtp::Reply& reply, const std::string& qu
                                  const smtp::Envelope& env) {
   std::vector<std::string> rcpts;
   for (const auto& r : env.recipients) rcpts.push_back(r.path.str());
+  observe::Metrics::get().transaction(listener_.name, reply.code, reply.enhanced);
   LogLine(Level::kInfo, "transaction")
       .add("conn", id_)
       .add("queue_id", queue_id)
@@ -459,6 +463,7 @@ awaitable<void> Connection::on_auth() {
       co_await t.async_wait(asio::as_tuple(use_awaitable));
     }
   }
+  observe::Metrics::get().auth(listener_.name, ok);
   machine_->auth_result(ok);
 }
 
@@ -533,6 +538,7 @@ awaitable<void> Connection::run() {
   socket_.close(ignored);
   // The one line per connection (RFC 5321 sessions can be long: the
   // duration says how long).
+  observe::Metrics::get().bytes_received(listener_.name, bytes_in_);
   LogLine(Level::kInfo, "disconnect").add("conn", id_).add("listener", listener_.name).add("client", client_)
       .add("helo", machine_->helo_name()).add("tls", tls_version_).add("auth_user", machine_->auth_user())
       .add("transactions", transactions_).add("bytes_in", bytes_in_)
@@ -601,6 +607,7 @@ void Server::Impl::start_connection(tcp::socket socket, const tcp::endpoint& rem
   if (!refused.empty()) {
     LogLine(Level::kWarn, "connection_refused").add("client", client).add("listener", l.config.name)
         .add("reason", refused).emit();
+    observe::Metrics::get().connection_refused(l.config.name, refused == "connection rate limit" ? "rate" : "limit");
     // RFC 5321 3.1 allows a 421 in place of the greeting. A short blocking
     // write on a fresh socket: the kernel buffer always takes it.
     const std::string msg = "421 4.7.0 " + c.hostname + " Error: too many connections\r\n";  // RFC 3463 4.7.0
@@ -613,10 +620,11 @@ void Server::Impl::start_connection(tcp::socket socket, const tcp::endpoint& rem
     absl::MutexLock lock(&mu);
     connections[id] = conn;
   }
+  observe::Metrics::get().connection_opened(l.config.name);
   auto ex = conn->socket_executor();
   // The coroutine starts later on its context: the completion handler owns
   // the connection until the coroutine has finished.
-  asio::co_spawn(ex, conn->run(), [this, id, client, conn](std::exception_ptr e) {
+  asio::co_spawn(ex, conn->run(), [this, id, client, conn, name = l.config.name](std::exception_ptr e) {
     if (e) {
       try {
         std::rethrow_exception(e);
@@ -625,6 +633,7 @@ void Server::Impl::start_connection(tcp::socket socket, const tcp::endpoint& rem
       }
     }
     release(id, client);
+    observe::Metrics::get().connection_closed(name);
   });
 }
 

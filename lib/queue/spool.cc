@@ -392,6 +392,7 @@ void Spool::gather_siblings(std::vector<Pending>& batch) {
 }
 
 void Spool::flush_batch(std::vector<Pending>& batch) {
+  const auto started = std::chrono::steady_clock::now();
   absl::Status status;
   // 1. Bodies: one fdatasync per segment touched by the batch.
   std::set<Segment*> synced;
@@ -431,6 +432,10 @@ void Spool::flush_batch(std::vector<Pending>& batch) {
     messages_.fetch_add(batch.size());
     commits_.fetch_add(batch.size());
     batches_.fetch_add(1);
+    if (options_.on_batch) {
+      options_.on_batch(batch.size(),
+                        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+    }
   }
   // The queue learns of each message before its sender hears OK, so that
   // an acknowledged id is always known to the queue (and its API).

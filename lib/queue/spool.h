@@ -64,6 +64,9 @@ struct SpoolOptions {
   // commit callback (the delivery queue takes it from here). Must be quick:
   // it delays every acknowledgement of the batch.
   std::function<void(const MessageRecord&)> on_committed;
+  // Called after each group-commit batch is durable: how many messages it
+  // carried and how long the syncs took (metrics).
+  std::function<void(size_t messages, double seconds)> on_batch;
 };
 
 // One message body being received. Not thread-safe: owned by one session.

@@ -57,6 +57,7 @@ class Smtpd:
             ],
             "spool": {"path": self.spool},
             "control": {"address": "127.0.0.1:0"},
+            "metrics": {"address": "127.0.0.1:0"},
             "auth": {"users_file": users_file},
             "policy": {"local_domains": ["localhost", "mx.test"]},
             "routes": {"localhost": "maildir:" + os.path.join(self.dir, "mail"),

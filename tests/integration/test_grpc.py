@@ -311,6 +311,7 @@ class GrpcTlsTokensTest(GrpcCase):
     def test_local_listener_for_the_hosts_own_tools(self):
         self.server.stop()
         self.server.settings["control.local_address"] = "127.0.0.1:0"
+        self.server.settings["delivery.paused"] = "true"  # the message stays for Hold and GetMessage
         self.server.start()
         ch = grpc.insecure_channel(f"127.0.0.1:{self.port('control-local')}")
         self.addCleanup(ch.close)
