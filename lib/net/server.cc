@@ -292,6 +292,7 @@ awaitable<bool> Connection::start_tls() {
   if (ec) {
     LogLine(Level::kInfo, "tls_failed").add("conn", id_).add("client", client_).add("error", ec.message()).emit();
     observe::Metrics::get().tls_handshake(listener_.name, "failed");
+    observe::Metrics::get().connection_refused(listener_.name, "tls");
     co_return false;
   }
   SSL* ssl = tls_->native_handle();
@@ -607,7 +608,7 @@ void Server::Impl::start_connection(tcp::socket socket, const tcp::endpoint& rem
   if (!refused.empty()) {
     LogLine(Level::kWarn, "connection_refused").add("client", client).add("listener", l.config.name)
         .add("reason", refused).emit();
-    observe::Metrics::get().connection_refused(l.config.name, refused == "connection rate limit" ? "rate" : "limit");
+    observe::Metrics::get().connection_refused(l.config.name, refused == "connection rate limit" ? "policy" : "limit");
     // RFC 5321 3.1 allows a 421 in place of the greeting. A short blocking
     // write on a fresh socket: the kernel buffer always takes it.
     const std::string msg = "421 4.7.0 " + c.hostname + " Error: too many connections\r\n";  // RFC 3463 4.7.0

@@ -23,7 +23,7 @@ struct Metrics::Impl {
       BuildCounter().Name("smtpd_connections_total").Help("SMTP connections accepted, per listener").Register(*registry);
   prometheus::Family<prometheus::Counter>& refused =
       BuildCounter().Name("smtpd_connections_refused_total")
-          .Help("SMTP connections refused with 421 at connect, by reason (limit, rate) or failed TLS (tls)")
+          .Help("SMTP connections refused: connection limits (limit), the policy's rate limit (policy), a failed TLS handshake (tls)")
           .Register(*registry);
   prometheus::Family<prometheus::Counter>& transactions =
       BuildCounter().Name("smtpd_transactions_total")

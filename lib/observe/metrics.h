@@ -29,7 +29,7 @@ class Metrics {
   // SMTP front end.
   void connection_opened(const std::string& listener);
   void connection_closed(const std::string& listener);
-  void connection_refused(const std::string& listener, const char* reason);  // limit, rate, tls
+  void connection_refused(const std::string& listener, const char* reason);  // limit, policy, tls
   void transaction(const std::string& listener, int code, const std::string& enhanced);
   void bytes_received(const std::string& listener, uint64_t octets);
   void auth(const std::string& listener, bool ok);
