@@ -544,6 +544,11 @@ int main(int argc, char** argv) {
   } else {
     queue->start();
   }
+  {
+    std::vector<std::string> names;
+    for (const auto& l : cfg.listeners) names.push_back(l.name);
+    smtpd::observe::Metrics::get().init(names);
+  }
   // Gauges read when /metrics is scraped.
   smtpd::observe::Metrics::get().set_gauges([&queue, &policy, spool = spool->get()] {
     std::vector<smtpd::observe::GaugeSample> g;

@@ -70,6 +70,30 @@ Metrics& Metrics::get() {
 
 Metrics::Metrics() : impl_(std::make_unique<Impl>()) {}
 
+namespace {
+const prometheus::Histogram::BucketBoundaries& delivery_buckets() {
+  static const prometheus::Histogram::BucketBoundaries b{0.1, 0.5, 1, 5, 30, 60, 300, 900, 3600, 14400, 86400, 432000};
+  return b;
+}
+}  // namespace
+
+void Metrics::init(const std::vector<std::string>& listeners) {
+  Impl& m = *impl_;
+  for (const std::string& l : listeners) {
+    m.connections_open.Add({{"listener", l}});
+    m.connections.Add({{"listener", l}});
+    m.bytes.Add({{"listener", l}});
+    for (const char* r : {"limit", "policy", "tls"}) m.refused.Add({{"listener", l}, {"reason", r}});
+    for (const char* r : {"success", "failure"}) m.auths.Add({{"listener", l}, {"result", r}});
+    m.tls.Add({{"listener", l}, {"version", "failed"}});
+  }
+  for (const char* t : {"mx", "relay", "lmtp", "maildir"}) {
+    for (const char* r : {"delivered", "deferred", "failed"}) m.attempts.Add({{"transport", t}, {"result", r}});
+  }
+  for (const char* r : {"delivered", "failed"}) m.delivery_seconds.Add({{"result", r}}, delivery_buckets());
+  for (const char* a : {"failed", "delayed"}) m.dsns.Add({{"action", a}});
+}
+
 void Metrics::connection_opened(const std::string& listener) {
   impl_->connections_open.Add({{"listener", listener}}).Increment();
   impl_->connections.Add({{"listener", listener}}).Increment();
@@ -111,10 +135,7 @@ void Metrics::delivery_attempt(const std::string& transport, const char* result)
 }
 
 void Metrics::delivery_final(const char* result, double seconds_since_arrival) {
-  impl_->delivery_seconds
-      .Add({{"result", result}}, prometheus::Histogram::BucketBoundaries{0.1, 0.5, 1, 5, 30, 60, 300, 900, 3600, 14400,
-                                                                         86400, 432000})
-      .Observe(seconds_since_arrival);
+  impl_->delivery_seconds.Add({{"result", result}}, delivery_buckets()).Observe(seconds_since_arrival);
 }
 
 void Metrics::dsn(const char* action) { impl_->dsns.Add({{"action", action}}).Increment(); }

@@ -25,6 +25,9 @@ struct GaugeSample {
 class Metrics {
  public:
   static Metrics& get();
+  // Creates the series known in advance (per listener, per transport and
+  // result...) at zero, so that dashboards and alerts see them from the start.
+  void init(const std::vector<std::string>& listeners);
 
   // SMTP front end.
   void connection_opened(const std::string& listener);

@@ -89,6 +89,16 @@ class MetricsTest(DeliveryTestCase):
         self.assertEqual(value(after, "smtpd_connections_open", listener="mx"), 0)
         self.assertEqual(value(after, "smtpd_queue_messages", state="queued"), 0)
         self.assertEqual(value(after, "smtpd_policy_version"), 1)
+        # Every metric the README documents is exported (the dashboard and
+        # the chart's alerts are checked against that list).
+        import os
+        import re
+        readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+        documented = set(re.findall(r"^\| `(smtpd_[a-z_]+)` \|", readme, re.M))
+        exported = {re.sub(r"_(bucket|sum|count|created)$", "", name) for name, _ in after}
+        exported |= {name for name, _ in after}
+        self.assertGreater(len(documented), 15)
+        self.assertEqual(documented - exported, set(), "documented but not exported")
         # Bounded labels: never an address, a domain or a client address.
         for (name, labels), _ in after.items():
             for k, v in labels:

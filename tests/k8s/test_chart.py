@@ -64,8 +64,9 @@ class ChartTest(unittest.TestCase):
                                  env={**os.environ, "K8S_TOOLS": TOOLS})
             self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
         kinds = sorted(d["kind"] for d in self.prod)
-        self.assertEqual(kinds, ["Certificate", "ConfigMap", "NetworkPolicy", "PodDisruptionBudget", "PrometheusRule",
-                                 "Service", "Service", "Service", "ServiceAccount", "ServiceMonitor", "StatefulSet"])
+        self.assertEqual(kinds, ["Certificate", "ConfigMap", "ConfigMap", "NetworkPolicy", "PodDisruptionBudget",
+                                 "PrometheusRule", "Service", "Service", "Service", "ServiceAccount", "ServiceMonitor",
+                                 "StatefulSet"])
 
     def test_rendered_config_is_accepted_by_smtpd(self):
         for docs in (self.default, self.prod):
@@ -148,6 +149,29 @@ class ChartTest(unittest.TestCase):
         self.assertEqual(ingress, {"smtp", "submission", "smtps", "grpc-health", "metrics", "grpc"})
         egress = {p["port"] for rule in np["spec"]["egress"] for p in rule["ports"]}
         self.assertEqual(egress, {53, 25, 587, 465, 24})
+
+    def test_dashboard_and_alerts_use_metrics_smtpd_exports(self):
+        import re
+        readme = open(os.path.join(ROOT, "README.md")).read()
+        exported = set(re.findall(r"^\| `(smtpd_[a-z_]+)` \|", readme, re.M))
+        self.assertIn("smtpd_queue_messages", exported)
+        dashboard_file = os.path.join(ROOT, "k8s", "dashboards", "smtpd.json")
+        dashboard = json.load(open(dashboard_file))
+        cm = find(self.prod, "ConfigMap", "dashboard")
+        self.assertEqual(cm["metadata"]["labels"]["grafana_dashboard"], "1")
+        self.assertEqual(json.loads(cm["data"]["smtpd.json"]), dashboard)
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+        rule = find(self.prod, "PrometheusRule")
+        exprs += [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+        used = set()
+        for e in exprs:
+            for name in re.findall(r"\b(smtpd_[a-z_]+)", e):
+                used.add(re.sub(r"_(bucket|sum|count)$", "", name))
+        self.assertTrue(used)
+        self.assertEqual(used - exported, set(), "metrics the dashboard or the alerts use but smtpd does not export")
+        titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+        for topic in ("mail in", "mail out", "rejections", "queue by state", "oldest", "latency", "tls"):
+            self.assertIn(topic, titles)
 
     def test_bad_values_are_refused(self):
         for args in (["--set", "replicaCount=0"], ["--set", "smtp.containerPorts.smtp=25"],
