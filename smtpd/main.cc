@@ -399,6 +399,7 @@ class Reloader {
       current_.config_watch_interval = next.config_watch_interval;
     }
     smtpd::observe::set_min_level(parse_level(next.log_level));
+    smtpd::observe::set_text_format(next.log_format == "text");
     LogLine line(Level::kInfo, "config_reloaded");
     line.add("trigger", why).add("policy_version", version);
     if (!restart.empty()) line.add("restart_needed", restart);
@@ -473,6 +474,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   smtpd::observe::set_min_level(parse_level(cfg.log_level));
+  smtpd::observe::set_text_format(cfg.log_format == "text");
   raise_fd_limit();
   smtpd::queue::SpoolOptions so;
   so.path = cfg.spool_path;

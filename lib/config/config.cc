@@ -83,6 +83,7 @@ limits:
   tls_handshake_timeout: 1m
 log:
   level: info
+  format: json
 )";
 
 // Keys whose children are free-form (the routes table).
@@ -475,6 +476,10 @@ absl::Status convert(const YAML::Node& root, Config& c) {
   SMTPD_ASSIGN(c.log_level, scalar<std::string>(root, "log.level"));
   if (c.log_level != "debug" && c.log_level != "info" && c.log_level != "warn" && c.log_level != "error") {
     return key_error("log.level", "'" + c.log_level + "' is not one of debug, info, warn, error");
+  }
+  SMTPD_ASSIGN(c.log_format, scalar<std::string>(root, "log.format"));
+  if (c.log_format != "json" && c.log_format != "text") {
+    return key_error("log.format", "'" + c.log_format + "' is not json or text");
   }
   return absl::OkStatus();
 }

@@ -78,6 +78,7 @@ struct Config {
   std::chrono::milliseconds data_timeout{300000};
   std::chrono::milliseconds tls_handshake_timeout{60000};
   std::string log_level = "info";
+  std::string log_format = "json";  // json, or text (a Postfix-like line)
 };
 
 struct Sources {

@@ -433,6 +433,7 @@ void Connection::log_transaction(const smtp::Reply& reply, const std::string& qu
       .add("client", client_)
       .add("helo", machine_->helo_name())
       .add("tls", tls_version_)
+      .add("tls_cipher", tls_cipher_)
       .add("auth_user", machine_->auth_user())
       .add("from", env.sender.str())
       .add("to", rcpts)

@@ -29,11 +29,18 @@ class LogLine {
 
  private:
   void key(std::string_view k);
+  void text_value(std::string_view k, std::string_view rendered);
   Level level_;
+  bool text_;
+  std::string event_;
+  std::string queue_id_;  // text format: shown first, as Postfix does
   std::string buf_;
 };
 
 void set_min_level(Level level);
+// Log format: false (default) one JSON object per line; true a
+// Postfix-like human line: "TIME smtpd[PID]: QUEUEID: event: key=value, ...".
+void set_text_format(bool text);
 // Appends s to out as a JSON string (with quotes), escaping as RFC 8259 7.
 void append_json_string(std::string& out, std::string_view s);
 

@@ -127,3 +127,74 @@ class MetricsTest(DeliveryTestCase):
 if __name__ == "__main__":
     import unittest
     unittest.main()
+
+
+class LogLinesTest(DeliveryTestCase):
+    users = {"alice": "alice's password"}
+
+    def test_transaction_and_delivery_lines(self):
+        import ssl
+        with smtplib.SMTP("127.0.0.1", self.port("submission"), timeout=10) as s:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            s.starttls(context=ctx)
+            s.login("alice", "alice's password")
+            s.sendmail("alice@localhost", ["bob@localhost"], b"Subject: logged\r\n\r\nx\r\n")
+        self.wait_for(lambda: self.server.events("delivery"))
+        t = self.server.events("transaction")[0]
+        qid = t["queue_id"]
+        self.assertEqual(len(qid), 16)
+        for key, want in (("listener", "submission"), ("client", "127.0.0.1"), ("auth_user", "alice"),
+                          ("from", "alice@localhost"), ("to", ["bob@localhost"]), ("result", "accepted")):
+            self.assertEqual(t[key], want, key)
+        self.assertTrue(t["tls"].startswith("TLSv1."))
+        self.assertTrue(t["tls_cipher"])
+        self.assertTrue(t["helo"])
+        self.assertGreater(t["size"], 0)
+        self.assertEqual(t["reply"], f"250 2.0.0 Ok: queued as {qid}")
+        d = self.server.events("delivery")[0]
+        self.assertEqual((d["queue_id"], d["to"], d["status"], d["attempt"]), (qid, "bob@localhost", "delivered", 1))
+        self.assertTrue(d["route"].startswith("maildir:"))
+        self.assertIn("delay_s", d)
+        # One grep follows the message: every line that names it has its id.
+        self.assertIn(qid, self.messages("bob")[0]["Received"])
+
+    def test_text_format(self):
+        self.server.stop()
+        self.server.settings["log.format"] = "text"
+        self.server.log_to_file = False
+        import subprocess
+        import time
+        from sink import free_port
+        port = free_port()
+        self.server.settings["listeners.mx.address"] = f"127.0.0.1:{port}"
+        proc = subprocess.Popen([self.server.proc.args[0]] + self.server.args(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 20
+            while True:
+                try:
+                    s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+                    break
+                except OSError:
+                    self.assertLess(time.time(), deadline, "smtpd did not start")
+                    time.sleep(0.05)
+            with s:
+                s.sendmail("carol@remote.test", ["bob@localhost"], b"Subject: text\r\n\r\nx\r\n")
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+        self.assertEqual(proc.returncode, 0, err[-2000:])
+        lines = err.splitlines()
+        self.assertFalse([l for l in lines if l.startswith("{")], "no JSON in text mode")
+        tx = [l for l in lines if ": transaction: " in l]
+        self.assertEqual(len(tx), 1, lines)
+        import re
+        m = re.match(r"^\d{4}-\d\d-\d\dT[\d:.]+Z smtpd\[\d+\]: ([0-9A-F]{16}): transaction: (.*)$", tx[0])
+        self.assertIsNotNone(m, tx[0])
+        self.assertIn("from=<carol@remote.test>", m.group(2))
+        self.assertIn("to=<bob@localhost>", m.group(2))
+        self.assertIn('reply="250 2.0.0 Ok: queued as ' + m.group(1) + '"', m.group(2))
+        self.assertTrue([l for l in lines if f"{m.group(1)}: delivery: " in l and "status=delivered" in l], lines)
