@@ -242,7 +242,8 @@ std::unique_ptr<smtpd::queue::QueueManager> make_queue(const smtpd::config::Conf
                                std::chrono::system_clock::now().time_since_epoch()).count();
     LogLine(Level::kInfo, "delivery")
         .add("queue_id", r.id).add("to", r.envelope.recipients[i].path.str()).add("route", route)
-        .add("remote_host", o.remote_host).add("status", status_name(st.status)).add("attempt", static_cast<uint64_t>(st.attempts))
+        .add("remote_host", o.remote_host).add("remote_address", o.remote_address).add("tls", o.tls)
+        .add("status", status_name(st.status)).add("attempt", static_cast<uint64_t>(st.attempts))
         .add("reply", o.reply.summary()).add("delay_s", static_cast<double>(now_us - r.arrival_unix_us) / 1e6).emit();
     auto& m = smtpd::observe::Metrics::get();
     m.delivery_attempt(smtpd::observe::transport_of(route), status_name(st.status));

@@ -151,6 +151,15 @@ void Delivery::arm(int seconds) {
 
 void Delivery::finish(std::vector<queue::AttemptOutcome> outcomes) {
   if (!done_) return;
+  if (conn_) {  // for the delivery log: where it went, and how
+    error_code ec;
+    const auto ep = conn_->socket.remote_endpoint(ec);
+    const std::string tls = conn_->tls ? SSL_get_version(conn_->tls->native_handle()) : "";
+    for (queue::AttemptOutcome& o : outcomes) {
+      if (!ec) o.remote_address = ep.address().to_string();
+      o.tls = tls;
+    }
+  }
   auto done = std::move(done_);
   done_ = nullptr;
   done(std::move(outcomes));

@@ -20,6 +20,8 @@ struct AttemptOutcome {
   AttemptResult result = AttemptResult::kDeferred;
   smtp::Reply reply;
   std::string remote_host;  // who gave the reply, for DSNs and logs
+  std::string remote_address;  // its IP address, when connected (logs)
+  std::string tls;             // TLS version of the session ("TLSv1.3"), empty: none
 
   static AttemptOutcome from_reply(smtp::Reply r, std::string host = "") {
     AttemptOutcome o;

@@ -56,6 +56,8 @@ class RelayTest(SinkTestCase):
         d = self.server.events("delivery")
         self.assertEqual({e["status"] for e in d}, {"delivered"})
         self.assertEqual(d[0]["remote_host"], "127.0.0.1")
+        self.assertEqual(d[0]["remote_address"], "127.0.0.1")
+        self.assertEqual(d[0]["tls"], "")  # the sink offers no STARTTLS
 
     def test_connection_reuse(self):
         with smtplib.SMTP("127.0.0.1", self.port(), timeout=10) as s:

@@ -51,6 +51,9 @@ class TwoInstancesTest(SecondInstanceTestCase):
         self.assertIn("by b.test (smtpd) with ESMTPS", text)
         self.assertTrue(text.endswith("across\r\n"))
         self.wait_for(lambda: self.server.spool_ls() == [])
+        d = self.server.events("delivery")[0]
+        self.assertEqual((d["status"], d["remote_address"]), ("delivered", "127.0.0.1"))
+        self.assertTrue(d["tls"].startswith("TLSv1."), d)
 
 
 class VerifyPolicyTest(TwoInstancesTest):
