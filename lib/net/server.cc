@@ -475,7 +475,7 @@ awaitable<void> Connection::run() {
   socket_.set_option(tcp::no_delay(true), ignored);
   machine_.emplace(server_.settings_for(listener_));
   policy_version_ = server_.deps.policy->current()->version;
-  LogLine(Level::kDebug, "connect").add("conn", id_).add("listener", listener_.name).add("client", client_).emit();
+  LogLine(Level::kInfo, "connect").add("conn", id_).add("listener", listener_.name).add("client", client_).emit();
   const auto started = Clock::now();
   set_deadline(server_.deps.config->command_timeout);
   arm_watchdog();
