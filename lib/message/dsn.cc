@@ -64,7 +64,7 @@ std::string build_dsn(const DsnReport& r) {
   const std::string boundary = r.queue_id + "." + random_hex(8) + "/" + r.reporting_mta;
   std::string m;
   m += "From: Mail Delivery System <MAILER-DAEMON@" + r.reporting_mta + ">\r\n";
-  m += "To: <" + r.sender + ">\r\n";
+  m += "To: <" + one_line(r.sender) + ">\r\n";  // defence in depth: no value opens a header line
   m += any_failed ? "Subject: Undelivered Mail Returned to Sender\r\n"
                   : "Subject: Delayed Mail (still being retried)\r\n";
   m += "Date: " + rfc5322_date(r.now_unix) + "\r\n";

@@ -87,6 +87,19 @@ TEST(Dsn, GlobalTypesForSmtputf8) {
   EXPECT_THAT(build_dsn(r), HasSubstr("Content-Type: message/global-headers\r\n"));
 }
 
+// Found by tests/fuzz/fuzz_dsn: a value with a line break must not open a
+// header line of its own.
+TEST(Dsn, NoValueOpensAHeaderLine) {
+  DsnReport r = sample(false);
+  r.sender = "x@y>\r\nBcc: victim@example.com\r\nX-A: <z";
+  r.recipients[0].remote_mta = "mx.test\r\nX-Injected: 1";
+  r.recipients[0].diagnostic = "550 5.1.1 no\nX-Injected: 2";
+  const std::string m = build_dsn(r);
+  EXPECT_EQ(m.find("\r\nBcc:"), std::string::npos);
+  EXPECT_EQ(m.find("\r\nX-Injected"), std::string::npos);
+  EXPECT_NE(m.find("To: <x@y>  Bcc: victim@example.com  X-A: <z>\r\n"), std::string::npos);
+}
+
 TEST(Dsn, HeaderBlock) {
   EXPECT_EQ(header_block("A: 1\r\nB: 2\r\n\r\nbody\r\n"), "A: 1\r\nB: 2\r\n\r\n");
   EXPECT_EQ(header_block("A: 1\r\n"), "A: 1\r\n");
