@@ -229,7 +229,13 @@ void Connection::drain() {
 awaitable<bool> Connection::read_input() {
   const config::Config& cfg = *server_.deps.config;
   const bool data = machine_->timeout_kind() == smtp::TimeoutKind::kData;
-  set_deadline(data ? cfg.data_timeout : cfg.command_timeout);
+  if (data) {
+    set_deadline(cfg.data_timeout);  // RFC 5321 4.5.3.2.5: for each block of data
+  } else if (!machine_->mid_command_line()) {
+    // RFC 5321 4.5.3.2.7: for the whole command line. A client that
+    // trickles a line byte by byte does not get a new timeout per byte.
+    set_deadline(cfg.command_timeout);
+  }
   waiting_for_command_ = !data && !machine_->in_transaction();
   if (draining_ && waiting_for_command_) co_return false;
   size_t n = 0;

@@ -110,6 +110,20 @@ ServerSession::ServerSession(SessionSettings settings) : settings_(std::move(set
 
 void ServerSession::feed(std::string_view bytes) { input_.append(bytes); }
 
+bool ServerSession::mid_command_line() const {
+  switch (mode_) {
+    case Mode::kDiscardLine:
+      return true;
+    case Mode::kCommand:
+    case Mode::kAuthPlain:
+    case Mode::kAuthLoginUser:
+    case Mode::kAuthLoginPass:
+      return input_pos_ < input_.size();
+    default:
+      return false;
+  }
+}
+
 void ServerSession::compact_input() {
   if (input_pos_ == 0) return;
   input_.erase(0, input_pos_);

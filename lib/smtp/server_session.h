@@ -101,6 +101,9 @@ class ServerSession {
   bool authenticated() const { return authenticated_; }
   const std::string& auth_user() const { return auth_user_; }
   bool in_transaction() const { return has_sender_; }
+  // Part of a command line has arrived, not its end: the RFC 5321
+  // 4.5.3.2.7 timeout runs for the whole line, not per byte.
+  bool mid_command_line() const;
   bool closed() const { return mode_ == Mode::kClosed; }
   TimeoutKind timeout_kind() const;
   // The reply and envelope of the last transaction that ended (for logs:

@@ -132,6 +132,18 @@ TEST(Mail, SizeParameter) {
   EXPECT_EQ(*h.session.envelope().declared_size, 100u);
 }
 
+TEST(Timeouts, CommandLineInPieces) {
+  Harness h(plain());
+  ready(h);
+  EXPECT_FALSE(h.session.mid_command_line());
+  EXPECT_EQ(h.run("NO"), "");
+  EXPECT_TRUE(h.session.mid_command_line());  // the command timeout keeps running
+  EXPECT_EQ(h.run("OP\r\n"), "250 2.0.0 Ok\r\n");
+  EXPECT_FALSE(h.session.mid_command_line());
+  EXPECT_EQ(h.run(std::string(600, 'x')), "");  // an over-long line being skipped
+  EXPECT_TRUE(h.session.mid_command_line());
+}
+
 TEST(Mail, NewLimitsApplyFromTheNextTransaction) {
   Harness h(plain());
   ready(h);
