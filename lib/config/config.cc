@@ -78,6 +78,7 @@ limits:
   max_connections: 10000
   max_connections_per_client: 100
   max_errors: 20
+  auth_max_failures: 10
   command_timeout: 5m
   data_timeout: 5m
   tls_handshake_timeout: 1m
@@ -469,6 +470,8 @@ absl::Status convert(const YAML::Node& root, Config& c) {
   SMTPD_ASSIGN(c.max_connections, scalar<uint64_t>(root, "limits.max_connections"));
   SMTPD_ASSIGN(c.max_connections_per_client, scalar<uint64_t>(root, "limits.max_connections_per_client"));
   SMTPD_ASSIGN(c.max_errors, scalar<int>(root, "limits.max_errors"));
+  SMTPD_ASSIGN(c.auth_max_failures, scalar<int>(root, "limits.auth_max_failures"));
+  if (c.auth_max_failures < 1) return key_error("limits.auth_max_failures", "must be at least 1");
   if (c.max_errors < 1) return key_error("limits.max_errors", "must be at least 1");
   SMTPD_ASSIGN(c.command_timeout, duration(root, "limits.command_timeout"));
   SMTPD_ASSIGN(c.data_timeout, duration(root, "limits.data_timeout"));

@@ -74,6 +74,9 @@ struct Config {
   uint64_t max_connections = 10000;
   uint64_t max_connections_per_client = 100;
   int max_errors = 20;
+  // AUTH failures from one address (within 15 minutes) before it is
+  // refused AUTH for the rest of those 15 minutes.
+  int auth_max_failures = 10;
   std::chrono::milliseconds command_timeout{300000};  // RFC 5321 4.5.3.2.7
   std::chrono::milliseconds data_timeout{300000};
   std::chrono::milliseconds tls_handshake_timeout{60000};

@@ -75,13 +75,21 @@ std::chrono::milliseconds AuthThrottle::failure(const std::string& address) {
   const auto now = std::chrono::steady_clock::now();
   absl::MutexLock lock(&mu_);
   for (auto it = entries_.begin(); it != entries_.end();) {
-    it = now - it->second.last > std::chrono::minutes(15) ? entries_.erase(it) : std::next(it);
+    it = now - it->second.last > kLockoutWindow ? entries_.erase(it) : std::next(it);
   }
   Entry& e = entries_[address];
   e.last = now;
   const int n = ++e.failures;
   if (n <= 1) return std::chrono::milliseconds(0);
   return std::chrono::milliseconds(1000LL << std::min(n - 2, 4));
+}
+
+bool AuthThrottle::locked_out(const std::string& address) {
+  const auto now = std::chrono::steady_clock::now();
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(address);
+  return it != entries_.end() && it->second.failures >= lockout_failures_.load() &&
+         now - it->second.last < kLockoutWindow;
 }
 
 void AuthThrottle::success(const std::string& address) {

@@ -4,6 +4,7 @@
 // that delays replies after repeated failures.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -38,6 +39,11 @@ class AuthThrottle {
  public:
   std::chrono::milliseconds failure(const std::string& address);
   void success(const std::string& address);
+  // After kLockoutFailures failures within kLockoutWindow, an address is
+  // refused AUTH (without a password check) until the window passes.
+  bool locked_out(const std::string& address);
+  void set_lockout_failures(int n) { lockout_failures_ = n; }
+  static constexpr std::chrono::minutes kLockoutWindow{15};
 
  private:
   struct Entry {
@@ -46,6 +52,7 @@ class AuthThrottle {
   };
   absl::Mutex mu_;
   std::map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  std::atomic<int> lockout_failures_{10};
 };
 
 }  // namespace smtpd::net

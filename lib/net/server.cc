@@ -452,6 +452,14 @@ void Connection::log_transaction(const smtp::Reply& reply, const std::string& qu
 awaitable<void> Connection::on_auth() {
   const smtp::AuthRequest& req = machine_->auth_request();
   const UserDatabase* users = server_.deps.users;
+  if (server_.throttle.locked_out(client_)) {
+    // Too many failures from this address: no more guesses for a while
+    // (RFC 4954 6: 454 4.7.0 temporary authentication failure).
+    LogLine(Level::kWarn, "auth_locked_out").add("conn", id_).add("client", client_).add("user", req.username).emit();
+    observe::Metrics::get().auth(listener_.name, false);
+    machine_->auth_refused(smtp::Reply(454, "4.7.0", "Too many failed authentication attempts, try again later"));
+    co_return;
+  }
   bool ok = false;
   if (users != nullptr && !users->empty() && (req.authzid.empty() || req.authzid == req.username)) {
     // Argon2 takes tens of milliseconds: verify on the blocking pool.
@@ -723,6 +731,7 @@ absl::Status Server::start() {
   Impl& s = *impl_;
   const config::Config& c = *s.deps.config;
   if (absl::Status st = reload_tls(c.tls_cert_file, c.tls_key_file, c.hostname); !st.ok()) return st;
+  s.throttle.set_lockout_failures(c.auth_max_failures);
   for (const config::Listener& l : c.listeners) {
     std::string host;
     uint16_t port = 0;

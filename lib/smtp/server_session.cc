@@ -835,6 +835,15 @@ void ServerSession::auth_result(bool ok) {
   }
 }
 
+void ServerSession::auth_refused(const Reply& r) {
+  if (mode_ != Mode::kWaitDecision || pending_ != Pending::kAuth) crash("auth_refused() unexpected");
+  pending_ = Pending::kNone;
+  mode_ = Mode::kCommand;
+  auth_.password.assign(auth_.password.size(), '\0');
+  auth_.password.clear();
+  count_error(r);
+}
+
 void ServerSession::tls_started() {
   if (mode_ != Mode::kWaitDecision || pending_ != Pending::kStartTls) crash("tls_started() unexpected");
   pending_ = Pending::kNone;

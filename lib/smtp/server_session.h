@@ -79,6 +79,9 @@ class ServerSession {
   // (the reply to send, normally "250 2.0.0 Ok: queued as ID").
   void decide(std::optional<Reply> reply);
   void auth_result(bool ok);
+  // AUTH refused without a verdict on the credentials (a client locked out
+  // after too many failures): `reply` instead of 235/535.
+  void auth_refused(const Reply& reply);
   void tls_started();
 
   // The driver's own reasons to end the session: a read timeout (421 4.4.2)

@@ -180,5 +180,38 @@ class AuthBruteForceTest(SmtpdTestCase):
         self.assertNotIn("wrong", str(self.server.lines))  # passwords are never logged
 
 
+class AuthLockoutTest(SmtpdTestCase):
+    users = {"alice": "right"}
+    settings = {"limits.auth_max_failures": "3"}
+
+    def login(self, source, password):
+        import base64
+        raw = Raw.__new__(Raw)
+        raw.sock = socket.create_connection(("127.0.0.1", self.port("submission")), timeout=15,
+                                            source_address=(source, 0))
+        raw.buf = b""
+        raw.reply()
+        raw.cmd("EHLO c")
+        raw.cmd("STARTTLS")
+        raw.starttls()
+        raw.cmd("EHLO c")
+        token = base64.b64encode(b"\0alice\0" + password.encode()).decode()
+        reply = raw.cmd("AUTH PLAIN " + token)
+        raw.close()
+        return reply
+
+    def test_locked_out_after_repeated_failures_others_still_log_in(self):
+        for _ in range(3):
+            self.assertTrue(self.login("127.0.0.1", "wrong").startswith("535 5.7.8"))
+        # Locked out: even the right password is not checked now.
+        start = time.time()
+        self.assertEqual(self.login("127.0.0.1", "right"),
+                         "454 4.7.0 Too many failed authentication attempts, try again later")
+        self.assertLess(time.time() - start, 1.0)  # refused at once, no password check
+        # Another address is not affected.
+        self.assertEqual(self.login("127.0.0.2", "right"), "235 2.7.0 Authentication successful")
+        self.assertEqual(len(self.server.events("auth_locked_out")), 1)
+
+
 if __name__ == "__main__":
     unittest.main()
