@@ -173,7 +173,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void log_transaction(const smtp::Reply& reply, const std::string& queue_id, bool accepted,
                        const smtp::Envelope& env);
 
-  void set_deadline(std::chrono::milliseconds d) { deadline_ = Clock::now() + d; }
+  void set_deadline(std::chrono::milliseconds d) {
+    deadline_ = Clock::now() + d;
+    // A shorter deadline (the TLS handshake's, after a long command
+    // timeout) must not wait for the watchdog's earlier expiry.
+    if (watchdog_armed_ && deadline_ < timer_.expiry()) arm_watchdog();
+  }
   void arm_watchdog();
 
   Server::Impl& server_;
@@ -188,6 +193,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool timed_out_ = false;
   bool draining_ = false;
   bool waiting_for_command_ = false;
+  bool watchdog_armed_ = false;
   config::Listener listener_;
   std::string client_;
   uint64_t policy_version_ = 0;
@@ -203,7 +209,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
 };
 
 void Connection::arm_watchdog() {
-  timer_.expires_at(deadline_);
+  watchdog_armed_ = true;
+  timer_.expires_at(deadline_);  // cancels a pending wait (its handler sees operation_aborted)
   timer_.async_wait([self = shared_from_this()](error_code ec) {
     if (self->closed_ || ec == asio::error::operation_aborted) return;
     if (Clock::now() >= self->deadline_) {
