@@ -17,8 +17,9 @@ LOAD_SETTINGS = {"limits.max_connections_per_client": "1000"}
 class Tracker:
     """Clients that remember which messages got a 250 and under which id."""
 
-    def __init__(self, port, threads=6):
+    def __init__(self, port, threads=6, prefix="tracked"):
         self.port = port
+        self.prefix = prefix  # subjects unique across trackers
         self.acked = {}  # subject -> queue id
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -35,7 +36,7 @@ class Tracker:
                 with smtplib.SMTP("127.0.0.1", self.port, timeout=5) as s:
                     s.ehlo()
                     while not self.stop.is_set():
-                        subject = f"tracked-{worker}-{n}"
+                        subject = f"{self.prefix}-{worker}-{n}"
                         n += 1
                         body = f"Subject: {subject}\r\n\r\n" + ("payload line\r\n" * 200) + f"end {subject}\r\n"
                         s.mail("a@remote.test")
@@ -70,7 +71,7 @@ class KillTest(unittest.TestCase):
             source = subprocess.Popen(["smtp-source", "-s", "24", "-m", "1000000", "-l", "4096", "-f",
                                        "load@remote.test", "-t", "bob@localhost", f"127.0.0.1:{port}"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            tracker = Tracker(port)
+            tracker = Tracker(port, prefix=f"tracked-c{cycle}")
             tracker.start()
             time.sleep(1.5 + 0.5 * cycle)
             self.server.proc.kill()  # SIGKILL in the middle of everything
@@ -90,12 +91,35 @@ class KillTest(unittest.TestCase):
             _, body = self.server.spool_show(qid)
             self.assertIn(f"Subject: {subject}".encode(), body)
             self.assertTrue(body.endswith(f"end {subject}\r\n".encode()), subject)
-        # And the spool still works after the crashes.
+        # And the spool still works after the crashes; then deliver
+        # everything and count, per tracked message, how often it arrived.
+        self.server.settings["delivery.paused"] = "false"
         self.server.start()
         with smtplib.SMTP("127.0.0.1", self.server.ports["mx"], timeout=10) as s:
             s.sendmail("a@remote.test", ["bob@localhost"], b"Subject: after\r\n\r\nok\r\n")
+        deadline = time.time() + 240
+        while self.server.spool_ls() and time.time() < deadline:
+            time.sleep(0.5)
+        self.assertEqual(self.server.spool_ls(), [], "the queue did not drain")
         self.assertEqual(self.server.stop(), 0)
-        print(f"\nkill -9 x3: {len(all_acked)} tracked acknowledged, {len(ids)} in spool, lost 0")
+        delivered = {}
+        new_dir = os.path.join(self.tmp, "mail", "bob", "new")
+        for name in os.listdir(new_dir):
+            with open(os.path.join(new_dir, name), "rb") as f:
+                for line in f:
+                    if line.startswith(b"Subject: tracked-"):
+                        subject = line.split(b" ", 1)[1].strip().decode()
+                        delivered[subject] = delivered.get(subject, 0) + 1
+                        break
+                    if line in (b"\r\n", b"\n"):
+                        break
+        lost = [s for s in all_acked if s not in delivered]
+        duplicated = sum(n - 1 for n in delivered.values() if n > 1)
+        print(f"\nkill -9 x3: {len(all_acked)} tracked acknowledged, {len(ids)} in spool, "
+              f"delivered: lost {len(lost)}, duplicated {duplicated}")
+        self.assertEqual(lost, [], f"{len(lost)} acknowledged messages never delivered")
+        # Delivery was paused during the kills, so nothing could be sent twice.
+        self.assertEqual(duplicated, 0)
 
 
 def send(port, body, count):
