@@ -50,20 +50,26 @@ class TlsScanTest(SmtpdTestCase):
     def test_starttls(self):
         self.check(self.scan("-t", "smtp", f"127.0.0.1:{self.port('mx')}"))
 
-    def test_aborted_handshakes_leave_nothing(self):
+    def test_aborted_and_stalled_handshakes_leave_nothing(self):
         port = self.port("smtps")
         # Abort: half a ClientHello, then gone.
         for _ in range(20):
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
             s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(20))
             s.close()
-        # (Stalled handshakes, cut by limits.tls_handshake_timeout, are not
-        # checked here: a test of them was intermittent, see issue 8.)
+        # Stall: connect and send nothing; the 1 s handshake timeout ends it
+        # (before the fix, only the 5-minute command timeout did).
+        stalled = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(5)]
         deadline = time.time() + 10
+        while len(self.server.events("connect")) < 25 and time.time() < deadline:
+            time.sleep(0.05)  # every connection accepted and started first
+        self.assertEqual(len(self.server.events("connect")), 25)
         while open_connections(self.port("metrics")) > 0 and time.time() < deadline:
             time.sleep(0.1)
         self.assertEqual(open_connections(self.port("metrics")), 0)
-        self.assertGreaterEqual(len(self.server.events("tls_failed")), 20)
+        for s in stalled:
+            s.close()
+        self.assertEqual(len(self.server.events("tls_failed")), 25)
         # And TLS still works.
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
