@@ -266,10 +266,11 @@ std::unique_ptr<smtpd::queue::QueueManager> make_queue(const smtpd::config::Conf
 // need a restart (logged).
 class Reloader {
  public:
-  Reloader(smtpd::config::Sources sources, const smtpd::config::Config& cfg, smtpd::queue::Spool& spool,
+  Reloader(smtpd::config::Sources sources, const smtpd::config::Loaded& loaded, smtpd::queue::Spool& spool,
            smtpd::policy::PolicyStore& policy)
-      : sources_(std::move(sources)), spool_(spool), policy_(policy), current_(cfg),
-        hash_(smtpd::control::policy_hash(cfg.policy)), watched_(fingerprint(cfg)) {}
+      : sources_(std::move(sources)), spool_(spool), policy_(policy), current_(loaded.config),
+        effective_yaml_(loaded.effective_yaml),
+        hash_(smtpd::control::policy_hash(loaded.config.policy)), watched_(fingerprint(loaded.config)) {}
 
   std::string config_hash() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -414,17 +415,12 @@ class Reloader {
   std::mutex mu_;
   std::condition_variable cv_;
   smtpd::config::Config current_;  // the files watched and the interval
-  std::string effective_yaml_ = current_effective_yaml(sources_);
+  std::string effective_yaml_;  // of the config in effect (for what only a restart applies)
   std::string hash_;
   std::string watched_;
   std::string pending_;
   bool stopping_ = false;
   std::thread thread_;
-
-  static std::string current_effective_yaml(const smtpd::config::Sources& s) {
-    auto l = smtpd::config::load(s);
-    return l.ok() ? l->effective_yaml : "";
-  }
 };
 
 }  // namespace
@@ -513,7 +509,7 @@ int main(int argc, char** argv) {
   LogLine(Level::kInfo, "policy").add("version", initial->version).add("by", initial->updated_by)
       .add("source", from_store ? "stored (set through the API or a reload)" : "config file").emit();
   smtpd::policy::PolicyStore policy(*initial);
-  Reloader reloader(args.sources, cfg, **spool, policy);
+  Reloader reloader(args.sources, *loaded, **spool, policy);
   smtpd::delivery::SmtpTransportOptions smtp_out;
   smtp_out.helo_name = cfg.hostname;
   smtp_out.tls = cfg.delivery_tls == "none"      ? smtpd::smtp::TlsPolicy::kNone
@@ -555,7 +551,7 @@ int main(int argc, char** argv) {
   // Gauges read when /metrics is scraped.
   smtpd::observe::Metrics::get().set_gauges([&queue, &policy, spool = spool->get()] {
     std::vector<smtpd::observe::GaugeSample> g;
-    const smtpd::queue::QueueStats st = queue->stats();
+    const smtpd::queue::QueueStats st = queue->stats(/*backlog=*/false);  // no route lookups per scrape
     for (const char* state : {"queued", "deferred", "held", "delivering"}) {
       auto it = st.messages_by_state.find(state);
       g.push_back({"smtpd_queue_messages", "Messages in the queue by state", {{"state", state}},
@@ -578,17 +574,19 @@ int main(int argc, char** argv) {
                  static_cast<double>(policy.current()->version)});
     return g;
   });
+  // A listener that cannot start: stop what runs, exit 1.
+  auto start_failed = [&](const absl::Status& s) {
+    LogLine(Level::kError, "start_failed").add("error", s.ToString()).emit();
+    queue->stop();
+    dispatcher.stop();
+    (*spool)->close();
+    return 1;
+  };
   std::atomic<bool> serving{true};
   std::unique_ptr<smtpd::net::MetricsHttp> metrics_http;
   if (!cfg.metrics_address.empty()) {
     auto started = smtpd::net::MetricsHttp::start(cfg.metrics_address, [&serving] { return serving.load(); });
-    if (!started.ok()) {
-      LogLine(Level::kError, "start_failed").add("error", started.status().ToString()).emit();
-      queue->stop();
-      dispatcher.stop();
-      (*spool)->close();
-      return 1;
-    }
+    if (!started.ok()) return start_failed(started.status());
     metrics_http = *std::move(started);
     const std::string host = cfg.metrics_address.substr(0, cfg.metrics_address.rfind(':'));
     LogLine(Level::kInfo, "listening").add("listener", "metrics").add("mode", "http")
@@ -598,13 +596,7 @@ int main(int argc, char** argv) {
   if (!cfg.control_address.empty()) {
     auto started = smtpd::control::ControlServer::start(
         {&cfg, spool->get(), queue.get(), &policy, [&reloader] { return reloader.config_hash(); }});
-    if (!started.ok()) {
-      LogLine(Level::kError, "start_failed").add("error", started.status().ToString()).emit();
-      queue->stop();
-      dispatcher.stop();
-      (*spool)->close();
-      return 1;
-    }
+    if (!started.ok()) return start_failed(started.status());
     control = *std::move(started);
   }
   smtpd::net::ServerDeps deps{&cfg, spool->get(), &policy, &users,

@@ -656,7 +656,7 @@ MessageView QueueManager::view_of(const Entry& e) {
   return v;
 }
 
-QueueStats QueueManager::stats() {
+QueueStats QueueManager::stats(bool backlog) {
   absl::MutexLock lock(&mu_);
   QueueStats s;
   s.messages = entries_.size();
@@ -677,7 +677,7 @@ QueueStats QueueManager::stats() {
       const RecipientState& st = e.states[i];
       ++s.recipients_by_state[recipient_state_name(st, e.in_flight.count(i) > 0)];
       if (st.status == RecipientStatus::kDeferred && std::string_view(mstate) == "queued") mstate = "deferred";
-      if (st.final()) continue;
+      if (st.final() || !backlog) continue;
       const smtp::Recipient& r = e.record.envelope.recipients[i];
       const std::string domain = r.path.postmaster ? "localhost" : r.path.mailbox.domain_lower();
       const std::string route = router_(domain);

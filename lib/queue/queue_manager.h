@@ -147,7 +147,10 @@ class QueueManager {
   // Dispatches everything due now; returns how many jobs started. The
   // scheduler thread calls it; tests with a fake clock call it directly.
   size_t tick();
-  QueueStats stats();
+  // Counts over the whole queue. `backlog` also groups pending recipients
+  // by destination (a route lookup each: the control plane's GetStats
+  // wants it, a metrics scrape does not).
+  QueueStats stats(bool backlog = true);
   // For tests and the control plane: the state of one message.
   std::vector<RecipientState> states(const std::string& id);
   // Holds a message: nothing of it is delivered until release(); it still

@@ -22,6 +22,14 @@ def table(text):
     return [re.split(r" {3,}", line.strip()) for line in text.strip().splitlines()]
 
 
+def reap(proc):
+    """Ends a background smtpctl (if it still runs) and closes its pipes."""
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    proc.stderr.close()
+
+
 class SmtpctlCase(SmtpdTestCase):
     env = {}
 
@@ -176,10 +184,7 @@ class SmtpctlTest(SmtpctlCase):
             proc.send_signal(signal.SIGINT)
             self.assertEqual(proc.wait(20), 0)
         finally:
-            proc.kill()
-            proc.wait()
-            proc.stdout.close()
-            proc.stderr.close()
+            reap(proc)
 
     def test_watch_json_lines(self):
         import select
@@ -200,10 +205,7 @@ class SmtpctlTest(SmtpctlCase):
             proc.send_signal(signal.SIGTERM)
             self.assertEqual(proc.wait(20), 0)
         finally:
-            proc.kill()
-            proc.wait()
-            proc.stdout.close()
-            proc.stderr.close()
+            reap(proc)
 
     def test_every_read_command_in_every_format(self):
         a = self.send()
