@@ -10,6 +10,8 @@
 #include <map>
 #include <sstream>
 
+#include "lib/observe/log.h"
+
 namespace smtpd::control {
 namespace {
 
@@ -62,23 +64,8 @@ bool json_number(const std::string& v) {
   return i == v.size();
 }
 
-void json_string(const std::string& v, std::string& out) {
-  out += '"';
-  for (char c : v) {
-    const unsigned char u = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (u < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", u);
-      out += buf;
-    } else {
-      out += c;
-    }
-  }
-  out += '"';
-}
+// JSON strings: the escaping the logs use (RFC 8259 7).
+void json_string(const std::string& v, std::string& out) { observe::append_json_string(out, v); }
 
 // YAML (a superset of JSON) to JSON text, for protobuf's JSON parser.
 void node_to_json(const YAML::Node& x, std::string& out) {

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "control/ctl_format.h"
+#include "lib/observe/log.h"
 #include "health.pb.h"
 #include "smtpd/v1/policy.pb.h"
 #include "smtpd/v1/queue.pb.h"
@@ -172,18 +173,9 @@ bool report_missing(const std::vector<PodAnswer>& answers, bool (*ok)(const PodA
 }
 
 std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) {
-      char b[8];
-      std::snprintf(b, sizeof b, "\\u%04x", c);
-      out += b;
-      continue;
-    }
-    out += c;
-  }
-  return out + "\"";
+  std::string out;
+  observe::append_json_string(out, s);
+  return out;
 }
 
 // -o json: every pod's answer as smtpctl printed it, or its error.
